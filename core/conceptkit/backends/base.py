@@ -1,0 +1,397 @@
+"""The ``Model`` interface every method is written against, and the engine shared by backends.
+
+A backend supplies four things: the sites it supports, how to attach a function to a site
+(returning a :class:`~conceptkit.handles.Handle`), how to run a forward pass on token ids with an
+attention mask, and weight access. Everything else here (tokenisation, batching, token
+reduction, interventions, gradients, generation, streaming) is written once, so a canonical site
+means the same tensor and the same operation on every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pydantic
+import torch
+
+from conceptkit import interventions as iv
+from conceptkit.capabilities import Capability
+from conceptkit.data import Batch, PaddingSide, Reduce, reduce_tokens, scatter_grad_reduction
+from conceptkit.errors import InputError
+from conceptkit.handles import Handle, HandleGroup
+from conceptkit.sites import unknown_site
+
+if TYPE_CHECKING:
+    from conceptkit.activations import Activations
+
+Inputs = Any  # str | list[str] | Batch | dict(input_ids=..., attention_mask=...)
+SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+class ModelRef(pydantic.BaseModel):
+    """A model's identity for provenance."""
+
+    name: str
+    revision: str | None = None
+    weights_hash: str | None = None
+    backend: str
+    backend_version: str | None = None
+    dtype: str = "float32"
+    architecture: str | None = None
+    processing: str | None = None  # e.g. TransformerLens compatibility mode
+
+
+class _GradCollector:
+    def __init__(self) -> None:
+        self.leaves: list[torch.Tensor] = []
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        leaf = t.detach().requires_grad_(True)
+        self.leaves.append(leaf)
+        return leaf
+
+
+class Model:
+    """A model wrapped by a backend. Create through :func:`conceptkit.wrap` or ``load_model``."""
+
+    backend_name: ClassVar[str] = "base"
+    capabilities: frozenset[Capability] = frozenset()
+
+    def __init__(self, tokenizer: Any, name: str, padding_side: PaddingSide | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.name = name
+        # Policy: right padding unless asked otherwise, whatever the tokenizer object says
+        # (nnsight mutates shared tokenizers to left padding; hook_points.md §6).
+        self.padding_side: PaddingSide = padding_side or "right"
+        self._batch: Batch | None = None  # the batch being run, for position-aware hooks
+        self._owned: list[Handle] = []
+
+    # -- what a backend implements --------------------------------------------------------
+    def sites(self) -> list[str]:
+        """Canonical sites this model supports, in execution order."""
+        raise NotImplementedError
+
+    def _attach(self, site: str, fn: SiteFn) -> Handle:
+        """Call ``fn(activation)`` at ``site`` on every forward; a returned tensor replaces it."""
+        raise NotImplementedError
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        """Run the model; return logits ``[B, T, V]`` (or final hidden states for encoders)."""
+        raise NotImplementedError
+
+    @property
+    def ref(self) -> ModelRef:
+        raise NotImplementedError
+
+    @property
+    def weights(self) -> Any:
+        raise NotImplementedError(f"backend {self.backend_name!r} offers no weight access")
+
+    def raw_sites(self) -> list[str]:
+        """Backend-specific addresses accepted besides canonical sites."""
+        return []
+
+    @property
+    def d_model(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_layers(self) -> int:
+        raise NotImplementedError
+
+    # -- sites ------------------------------------------------------------------------------
+    def resolve_site(self, site: str) -> str:
+        """Validate ``site``; unknown names raise an error suggesting the closest ones."""
+        if not isinstance(site, str):
+            raise InputError(f"a site must be a string, got {site!r}")
+        known = self.sites()
+        if site in known or self._is_raw_site(site):
+            return site
+        raise unknown_site(site, known)
+
+    def _is_raw_site(self, site: str) -> bool:
+        return False
+
+    # -- tokenisation (owned by the core: identical on every backend) -------------------------
+    def tokenize(self, inputs: Inputs, padding_side: PaddingSide | None = None) -> Batch:
+        """Token ids and mask for ``inputs`` with the model tokenizer's own special tokens.
+
+        Policy: special tokens are what the model's tokenizer adds (``add_special_tokens=True``;
+        conceptkit never prepends a BOS the tokenizer would not), padding is on
+        ``padding_side`` (default: the model's), and the mask is always carried.
+        """
+        side = padding_side or self.padding_side
+        if isinstance(inputs, Batch):
+            return inputs
+        if isinstance(inputs, dict) or hasattr(inputs, "input_ids") and not isinstance(inputs, str):
+            ids = torch.as_tensor(inputs["input_ids"])
+            mask = inputs.get("attention_mask") if isinstance(inputs, dict) else inputs["attention_mask"]
+            if mask is None:
+                raise InputError("token ids were given without an attention_mask; pass the tokenizer's mask")
+            mask = torch.as_tensor(mask)
+            if ids.dim() == 1:
+                ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
+            return Batch(ids.long(), mask.long(), _infer_side(mask, side))
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        texts = list(inputs)
+        if not texts:
+            raise InputError("no inputs: got an empty list of texts")
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise InputError(f"inputs must be strings, got {bad[0]!r}")
+        if self.tokenizer is None:
+            raise InputError(f"model {self.name!r} has no tokenizer; pass token ids and an attention mask")
+        old = self.tokenizer.padding_side
+        self.tokenizer.padding_side = side
+        try:
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True)
+        finally:
+            self.tokenizer.padding_side = old
+        if (enc["attention_mask"].sum(1) == 0).any():
+            empty = int((enc["attention_mask"].sum(1) == 0).nonzero()[0])
+            raise InputError(f"input {texts[empty]!r} tokenises to no tokens")
+        return Batch(enc["input_ids"], enc["attention_mask"], side)
+
+    def batches(self, inputs: Inputs, batch_size: int, padding_side: PaddingSide | None = None) -> Iterator[Batch]:
+        """Split inputs into batches; each is padded only to its own longest example."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(inputs, (Batch, dict)) or hasattr(inputs, "input_ids") and not isinstance(inputs, (str, list, tuple)):
+            full = self.tokenize(inputs, padding_side)
+            for start in range(0, len(full), batch_size):
+                sl = slice(start, start + batch_size)
+                yield Batch(full.input_ids[sl], full.attention_mask[sl], full.padding_side, torch.arange(len(full))[sl])
+            return
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not texts:
+            raise InputError("no inputs: got an empty list of texts")
+        for start in range(0, len(texts), batch_size):
+            b = self.tokenize(texts[start : start + batch_size], padding_side)
+            b.index = torch.arange(start, start + len(b))
+            yield b
+
+    # -- hooks and interventions ---------------------------------------------------------------
+    def add_hook(self, site: str, fn: SiteFn) -> Handle:
+        """Attach ``fn`` at ``site``; the returned handle removes exactly this hook."""
+        return self._attach(self.resolve_site(site), fn)
+
+    def _intervention_fn(self, intervention: iv._Base) -> SiteFn:
+        def hook(x: torch.Tensor) -> torch.Tensor:
+            batch = self._batch
+            if batch is None or x.dim() < 2 or x.shape[:2] != batch.attention_mask.shape:
+                if intervention.positions != "all":
+                    raise InputError(
+                        f"intervention at {intervention.site!r} with positions={intervention.positions!r} "
+                        "needs conceptkit to run the batch (use model.run/generate/capture)"
+                    )
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            else:
+                mask = batch.position_mask(intervention.positions)
+            return intervention.apply(x, mask)
+
+        return hook
+
+    def intervene(self, interventions: Sequence[Any]) -> HandleGroup:
+        """Apply interventions until the returned handle is removed (use as ``with``)."""
+        parsed = iv.parse_all(interventions)
+        group = HandleGroup(description=f"{len(parsed)} intervention(s)")
+        try:
+            for item in parsed:
+                group.add(self.add_hook(item.site, self._intervention_fn(item)))
+        except BaseException:
+            group.remove()
+            raise
+        return group
+
+    @contextlib.contextmanager
+    def _running(self, batch: Batch, interventions: Sequence[Any] = ()) -> Iterator[None]:
+        previous, self._batch = self._batch, batch
+        try:
+            with self.intervene(interventions):
+                yield
+        finally:
+            self._batch = previous
+
+    # -- operations ------------------------------------------------------------------------------
+    def capture(
+        self,
+        inputs: Inputs,
+        sites: Sequence[str] | str,
+        reduce: Reduce = "last",
+        *,
+        batch_size: int = 16,
+        interventions: Sequence[Any] = (),
+        stream_to: str | None = None,
+        shard_mb: float = 256.0,
+        progress: bool | None = None,
+        dtype: torch.dtype = torch.float32,
+        padding_side: PaddingSide | None = None,
+    ) -> "Activations":
+        """Activations at ``sites``, token-reduced, detached to CPU.
+
+        ``reduce`` is ``last``/``first``/``mean`` (``[N, ...]``), a list of positions
+        (``[N, P, ...]``) or ``all`` (real tokens flattened, ``[n_tokens, ...]`` with
+        ``Activations.token_index`` giving example and position). With ``stream_to`` the
+        activations go to safetensors shards under that folder as they come, so memory stays flat.
+        """
+        from conceptkit.activations import ActivationSink
+
+        site_list = [sites] if isinstance(sites, str) else list(sites)
+        if not site_list:
+            raise InputError("capture needs at least one site")
+        resolved = [self.resolve_site(s) for s in site_list]
+        sink = ActivationSink(resolved, reduce, stream_to=stream_to, shard_bytes=int(shard_mb * 2**20))
+        batch_iter = self.batches(inputs, batch_size, padding_side)
+        for batch in _progress(batch_iter, inputs, batch_size, progress, "capture"):
+            captured: dict[str, torch.Tensor] = {}
+
+            def make(site: str) -> SiteFn:
+                def hook(t: torch.Tensor) -> None:
+                    captured[site] = reduce_tokens(t.detach(), batch, reduce).to("cpu", dtype).clone()
+
+                return hook
+
+            with self._running(batch, interventions), HandleGroup([self._attach(s, make(s)) for s in resolved]):
+                with torch.inference_mode():
+                    self._forward(batch)
+            sink.add(captured, batch)
+        return sink.finish()
+
+    def run(
+        self,
+        inputs: Inputs,
+        interventions: Sequence[Any] = (),
+        *,
+        reduce: Reduce = "last",
+        batch_size: int = 16,
+        padding_side: PaddingSide | None = None,
+    ) -> torch.Tensor:
+        """Model output (logits, or final hidden states for encoders), token-reduced."""
+        outs = []
+        for batch in self.batches(inputs, batch_size, padding_side):
+            with self._running(batch, interventions), torch.inference_mode():
+                outs.append(reduce_tokens(self._forward(batch), batch, reduce).float().cpu())
+        return torch.cat(outs)
+
+    def grad(
+        self,
+        inputs: Inputs,
+        site: str,
+        objective: Any,
+        *,
+        reduce: Reduce = "last",
+        interventions: Sequence[Any] = (),
+        batch_size: int = 16,
+        padding_side: PaddingSide | None = None,
+        return_activations: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Per-example gradient of a scalar ``objective`` w.r.t. the activations at ``site``.
+
+        ``objective`` is an :mod:`conceptkit.objectives` object (token logit, logit difference,
+        loss) or a callable ``(output [B,T,V], batch) -> [B]``. Examples do not interact (the
+        mask keeps them apart), so one backward of the batch sum gives per-example gradients.
+        The gradient is reduced so that ``g · v`` is the directional derivative for a change
+        ``v`` of the reduced activation (see :func:`conceptkit.data.scatter_grad_reduction`).
+        Parameters get no ``.grad``.
+        """
+        from conceptkit.objectives import as_objective
+
+        if Capability.GRADIENTS not in self.capabilities:
+            from conceptkit.errors import CapabilityError
+
+            raise CapabilityError(f"backend {self.backend_name!r} does not offer gradients")
+        obj = as_objective(objective, self)
+        site = self.resolve_site(site)
+        grads, acts = [], []
+        for batch in self.batches(inputs, batch_size, padding_side):
+            collector = _GradCollector()
+            with self._running(batch, interventions), self._attach(site, collector), torch.enable_grad():
+                out = self._forward(batch)
+                if not collector.leaves:
+                    raise InputError(f"site {site!r} did not fire during the forward pass")
+                values = obj(out, batch)
+                (g,) = torch.autograd.grad(values.sum(), collector.leaves[0])
+            grads.append(scatter_grad_reduction(g, batch, reduce).float().cpu())
+            if return_activations:
+                acts.append(reduce_tokens(collector.leaves[0].detach(), batch, reduce).float().cpu())
+        if return_activations:
+            return torch.cat(grads), torch.cat(acts)
+        return torch.cat(grads)
+
+    def generate(
+        self,
+        inputs: Inputs,
+        interventions: Sequence[Any] = (),
+        *,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        batch_size: int = 8,
+    ) -> list[str]:
+        """Generate continuations with interventions applied at every step.
+
+        Runs the full sequence at each step (no KV cache) and pads on the left, so position
+        semantics of interventions stay simple and identical on every backend.
+        """
+        if self.tokenizer is None:
+            raise InputError(f"model {self.name!r} has no tokenizer to decode with")
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        eos = self.tokenizer.eos_token_id
+        texts: list[str] = []
+        for batch in self.batches(inputs, batch_size, padding_side="left"):
+            ids, mask = batch.input_ids, batch.attention_mask
+            done = torch.zeros(len(batch), dtype=torch.bool)
+            new_tokens: list[torch.Tensor] = []
+            for _ in range(max_new_tokens):
+                step = Batch(ids, mask, "left")
+                with self._running(step, interventions), torch.inference_mode():
+                    logits = self._forward(step)[:, -1, :].float()
+                if temperature > 0:
+                    probs = torch.softmax(logits / temperature, -1)
+                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                else:
+                    nxt = logits.argmax(-1)
+                if eos is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+                    done |= nxt == eos
+                new_tokens.append(nxt)
+                ids = torch.cat([ids, nxt.unsqueeze(1)], 1)
+                mask = torch.cat([mask, torch.ones_like(nxt).unsqueeze(1)], 1)
+                if done.all():
+                    break
+            generated = torch.stack(new_tokens, 1)
+            texts.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
+        return texts
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<conceptkit {self.backend_name} model {self.name!r}>"
+
+
+def _infer_side(mask: torch.Tensor, default: PaddingSide) -> PaddingSide:
+    """Padding side of an explicit mask: left if any row starts with padding."""
+    if (mask[:, 0] == 0).any():
+        return "left"
+    if (mask[:, -1] == 0).any():
+        return "right"
+    return default
+
+
+def _progress(it: Iterator[Batch], inputs: Inputs, batch_size: int, show: bool | None, what: str) -> Iterator[Batch]:
+    try:
+        n = len(inputs) if not isinstance(inputs, (str, dict, Batch)) else 1
+    except TypeError:
+        n = 1
+    total = -(-n // batch_size)
+    if show is None:
+        show = total >= 20
+    if not show:
+        yield from it
+        return
+    from tqdm.auto import tqdm
+
+    yield from tqdm(it, total=total, desc=what, unit="batch", leave=False)
+

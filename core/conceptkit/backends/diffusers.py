@@ -1,0 +1,137 @@
+"""The diffusers backend: UNet cross-attention and text-encoder surfaces of a pipeline.
+
+Text-to-image methods (UCE, TIME, ItD) work on two surfaces: the cross-attention key/value
+projections of the UNet (``...attn2.to_k`` / ``to_v``, selected by name: hook_points.md §8) and
+the text encoder's layers. Sites are raw module paths (``unet.<path>`` or
+``text_encoder.<path>``); weight edits return handles that restore the exact bits.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from conceptkit.backends import module_hooks
+from conceptkit.backends.base import Model, ModelRef, SiteFn
+from conceptkit.capabilities import Capability
+from conceptkit.errors import InputError
+from conceptkit.handles import Handle, HandleGroup
+
+
+class DiffusersModel(Model):
+    """A diffusers pipeline (or a bare ``UNet2DConditionModel``)."""
+
+    backend_name: ClassVar[str] = "diffusers"
+    capabilities = frozenset({Capability.GRADIENTS, Capability.WEIGHT_EDIT, Capability.PYTHON_HOOKS})
+
+    def __init__(self, obj: Any, name: str | None = None, tokenizer: Any = None, **_: Any) -> None:
+        self.pipeline = obj if hasattr(obj, "unet") else None
+        self.unet = obj.unet if self.pipeline is not None else obj
+        self.text_encoder = getattr(self.pipeline, "text_encoder", None)
+        tok = tokenizer if tokenizer is not None else getattr(self.pipeline, "tokenizer", None)
+        super().__init__(tok, name or type(obj).__name__)
+        self._modules: dict[str, torch.nn.Module] = {f"unet.{n}": m for n, m in self.unet.named_modules() if n}
+        if self.text_encoder is not None:
+            self._modules.update({f"text_encoder.{n}": m for n, m in self.text_encoder.named_modules() if n})
+
+    def sites(self) -> list[str]:
+        return self.cross_attention_sites()
+
+    def cross_attention_sites(self) -> list[str]:
+        """``unet.<path>.attn2.to_k`` / ``to_v`` modules, in module order."""
+        return [n for n in self._modules if ".attn2." in n and n.endswith(("to_k", "to_v"))]
+
+    def _is_raw_site(self, site: str) -> bool:
+        path, _, io = site.partition(":")
+        return path in self._modules and io in ("", "input", "output")
+
+    def _attach(self, site: str, fn: SiteFn) -> Handle:
+        path, _, io = site.partition(":")
+        return module_hooks.attach(self._modules[path], io or "output", fn)
+
+    def cross_attention_projections(self) -> dict[str, torch.nn.Linear]:
+        """The key/value projections that read the text embedding, by site name."""
+        return {n: self._modules[n] for n in self.cross_attention_sites()}  # type: ignore[misc]
+
+    def edit_projection(self, site: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Handle:
+        """Replace a cross-attention projection weight by ``fn(W)``; undo restores the bits."""
+        if site not in self.cross_attention_sites():
+            from conceptkit.sites import unknown_site
+
+            raise unknown_site(site, self.cross_attention_sites())
+        param = self._modules[site].weight
+        original = param.detach().clone()
+        new = fn(param.detach().clone())
+        if new.shape != param.shape or not torch.isfinite(new).all():
+            raise InputError(f"edit of {site!r} must keep shape {tuple(param.shape)} and be finite")
+        with torch.no_grad():
+            param.copy_(new)
+
+        def undo() -> None:
+            with torch.no_grad():
+                param.copy_(original)
+
+        return Handle(undo, f"edit {site}")
+
+    def set_projections(self, new_weights: dict[str, torch.Tensor]) -> HandleGroup:
+        group = HandleGroup(description="cross-attention edit")
+        try:
+            for site, w in new_weights.items():
+                group.add(self.edit_projection(site, lambda _old, w=w: w.to(_old.dtype)))
+        except BaseException:
+            group.remove()
+            raise
+        return group
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text-encoder embeddings ``[N, T, d]`` as the pipeline feeds them to the UNet."""
+        if self.pipeline is None:
+            raise InputError("a bare UNet has no text encoder; pass embeddings directly")
+        with torch.no_grad():
+            return self.pipeline.encode_prompt(prompts, self.unet.device, 1, do_classifier_free_guidance=False)[0]
+
+    @property
+    def d_model(self) -> int:
+        return int(self.unet.config.cross_attention_dim)
+
+    @property
+    def n_layers(self) -> int:
+        return 0
+
+    @property
+    def ref(self) -> ModelRef:
+        from conceptkit.backends.hf import weights_hash
+
+        try:
+            version = md.version("diffusers")
+        except md.PackageNotFoundError:
+            version = None
+        return ModelRef(
+            name=self.name,
+            weights_hash=weights_hash(self.unet),
+            backend=self.backend_name,
+            backend_version=version,
+            dtype=str(next(self.unet.parameters()).dtype).removeprefix("torch."),
+            architecture=type(self.unet).__name__,
+        )
+
+    def hook_count(self) -> int:
+        total = module_hooks.hook_count(self.unet)
+        return total + (module_hooks.hook_count(self.text_encoder) if self.text_encoder is not None else 0)
+
+
+class DiffusersBackend:
+    def recognises(self, obj: Any) -> bool:
+        import sys
+
+        if "diffusers" not in sys.modules:
+            return False
+        from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+        return isinstance(obj, (DiffusionPipeline, UNet2DConditionModel))
+
+    def wrap(self, obj: Any, **kwargs: Any) -> Model:
+        return DiffusersModel(obj, **kwargs)

@@ -1,0 +1,189 @@
+"""Backends over HuggingFace module trees: plain ``transformers`` models and nnsight wrappers.
+
+The nnsight adapter addresses the same HF modules that nnsight's Envoy tree mirrors
+(``model.layers[l].mlp.down_proj.input`` ...), through the family tables, and runs them with
+local torch hooks. It therefore supports everything local (gradients, weight edits, generation)
+but not nnsight's remote execution, which it does not declare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+from typing import Any, ClassVar
+
+import torch
+
+from conceptkit.backends import module_hooks
+from conceptkit.backends.base import Model, ModelRef, SiteFn
+from conceptkit.backends.families import apply_prefix, detect, view_in, view_out
+from conceptkit.backends.weights import Weights, weights_of
+from conceptkit.capabilities import Capability
+from conceptkit.data import Batch, PaddingSide
+from conceptkit.errors import InputError
+from conceptkit.handles import Handle
+from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites, parse
+
+
+def weights_hash(module: torch.nn.Module, limit: int = 8) -> str:
+    """A cheap fingerprint of the weights: shapes of all, bytes of the first ``limit`` tensors."""
+    h = hashlib.sha256()
+    for i, (name, p) in enumerate(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        if i < limit:
+            h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+class HFModel(Model):
+    """A ``transformers`` model (causal LM or encoder) hooked by module path."""
+
+    backend_name: ClassVar[str] = "transformers"
+    capabilities = frozenset({Capability.GRADIENTS, Capability.WEIGHT_EDIT, Capability.GENERATION, Capability.PYTHON_HOOKS})
+
+    def __init__(self, hf_model: torch.nn.Module, tokenizer: Any, name: str | None = None, padding_side: PaddingSide | None = None) -> None:
+        self.hf = hf_model
+        self.family, self._prefix = detect(hf_model)
+        cfg = hf_model.config
+        super().__init__(tokenizer, name or getattr(cfg, "_name_or_path", "") or type(hf_model).__name__, padding_side)
+        self._cfg = cfg
+        self._weights = weights_of(hf_model, self.family, self._prefix, cfg)
+        self._modules = dict(hf_model.named_modules())
+        self._sites = self._available_sites()
+        self._ref: ModelRef | None = None
+
+    def _path(self, kind: str, layer: int | None) -> str | None:
+        tap = self.family.taps.get(kind)
+        if tap is None:
+            return None
+        path = tap.path.replace("{l}", str(layer)) if layer is not None else tap.path
+        return apply_prefix(path, self._prefix)
+
+    def _available_sites(self) -> list[str]:
+        present_block = tuple(k for k in BLOCK_SITES if (p := self._path(k, 0)) is not None and p in self._modules)
+        present_global = tuple(
+            k for k in GLOBAL_SITES_BEFORE + GLOBAL_SITES_AFTER if (p := self._path(k, None)) is not None and p in self._modules
+        )
+        return canonical_sites(self.n_layers, present_block, present_global)
+
+    @property
+    def n_layers(self) -> int:
+        return int(getattr(self._cfg, "num_hidden_layers", None) or getattr(self._cfg, "n_layer"))
+
+    @property
+    def d_model(self) -> int:
+        return int(getattr(self._cfg, "hidden_size", None) or getattr(self._cfg, "n_embd"))
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.family.post_ln or not hasattr(self.hf, "lm_head")
+
+    def sites(self) -> list[str]:
+        return list(self._sites)
+
+    def raw_sites(self) -> list[str]:
+        return [n for n in self._modules if n]
+
+    def _is_raw_site(self, site: str) -> bool:
+        path, _, io = site.partition(":")
+        return path in self._modules and path != "" and io in ("", "input", "output")
+
+    def _attach(self, site: str, fn: SiteFn) -> Handle:
+        if site in self._sites:
+            parsed = parse(site)
+            tap = self.family.taps[parsed.kind]
+            path = self._path(parsed.kind, parsed.layer)
+            w = self._weights
+            return module_hooks.attach(
+                self._modules[path],  # type: ignore[index]
+                tap.io,
+                fn,
+                lambda t: view_in(t, tap.view, w.n_heads, w.n_kv_heads),
+                lambda orig, new: view_out(orig, new, tap.view),
+            )
+        path, _, io = site.partition(":")
+        return module_hooks.attach(self._modules[path], io or "output", fn)
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        out = self.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+        logits = getattr(out, "logits", None)
+        return logits if logits is not None and not self.family.post_ln else out.last_hidden_state
+
+    @property
+    def weights(self) -> Weights:
+        return self._weights
+
+    def _backend_version(self) -> str | None:
+        try:
+            return md.version("transformers")
+        except md.PackageNotFoundError:
+            return None
+
+    @property
+    def ref(self) -> ModelRef:
+        if self._ref is None:
+            param = next(self.hf.parameters())
+            self._ref = ModelRef(
+                name=self.name,
+                revision=getattr(self._cfg, "_commit_hash", None),
+                weights_hash=weights_hash(self.hf),
+                backend=self.backend_name,
+                backend_version=self._backend_version(),
+                dtype=str(param.dtype).removeprefix("torch."),
+                architecture=type(self.hf).__name__,
+            )
+        return self._ref
+
+    def hook_count(self) -> int:
+        return module_hooks.hook_count(self.hf)
+
+
+class NNsightModel(HFModel):
+    """An nnsight ``NNsight`` / ``LanguageModel`` over an HF model."""
+
+    backend_name: ClassVar[str] = "nnsight"
+
+    def __init__(self, nn_model: Any, tokenizer: Any = None, name: str | None = None, padding_side: PaddingSide | None = None) -> None:
+        self.nnsight_model = nn_model
+        hf_model = nn_model._module
+        tok = tokenizer if tokenizer is not None else getattr(nn_model, "tokenizer", None)
+        super().__init__(hf_model, tok, name, padding_side)
+
+    def _backend_version(self) -> str | None:
+        try:
+            return md.version("nnsight")
+        except md.PackageNotFoundError:
+            return None
+
+
+class TransformersBackend:
+    """Recognises plain ``transformers`` PreTrainedModel objects."""
+
+    def recognises(self, obj: Any) -> bool:
+        try:
+            from transformers import PreTrainedModel
+        except ImportError:
+            return False
+        return isinstance(obj, PreTrainedModel)
+
+    def wrap(self, obj: Any, tokenizer: Any = None, **kwargs: Any) -> Model:
+        return HFModel(obj, tokenizer, **kwargs)
+
+
+class NNsightBackend:
+    """Recognises nnsight models without importing nnsight unless it is already loaded."""
+
+    def recognises(self, obj: Any) -> bool:
+        import sys
+
+        if "nnsight" not in sys.modules:
+            return False
+        from nnsight import NNsight
+
+        return isinstance(obj, NNsight)
+
+    def wrap(self, obj: Any, tokenizer: Any = None, **kwargs: Any) -> Model:
+        if tokenizer is None and getattr(obj, "tokenizer", None) is None:
+            raise InputError("this nnsight model has no tokenizer; pass tokenizer=...")
+        return NNsightModel(obj, tokenizer, **kwargs)

@@ -1,0 +1,205 @@
+"""The TransformerLens backend: 4.x ``TransformerBridge`` and 3.x ``HookedTransformer``.
+
+Canonical sites are TransformerLens' own names, so hooks go on the bridge's ``HookPoint`` with
+``add_hook`` (which applies the bridge's shape conversions) and are removed through the handle
+that added them, keeping ``hook_point.fwd_hooks`` exact. For post-LN BERT the bridge's names
+mean other tensors (hook_points.md §4); those sites are remapped or not listed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from typing import Any, ClassVar
+
+import torch
+
+from conceptkit.backends.base import Model, ModelRef, SiteFn
+from conceptkit.backends.families import detect
+from conceptkit.backends.hf import weights_hash
+from conceptkit.backends.weights import Weights, weights_of
+from conceptkit.capabilities import Capability
+from conceptkit.data import Batch, PaddingSide
+from conceptkit.errors import InputError
+from conceptkit.handles import Handle
+from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites, parse
+
+# Canonical kind -> bridge hook for post-LN BERT, where the bridge's pre-LN names differ.
+_BERT_SITES = {
+    "hook_resid_pre": "hook_resid_pre",
+    "attn.hook_q": "attn.hook_q",
+    "attn.hook_k": "attn.hook_k",
+    "attn.hook_v": "attn.hook_v",
+    "attn.hook_z": "attn.hook_z",
+    "hook_attn_out": "attn.o.hook_out",
+    "mlp.hook_pre": "mlp.in.hook_out",
+    "mlp.hook_post": "mlp.out.hook_in",
+    "hook_mlp_out": "mlp.out.hook_out",
+    "hook_resid_post": "hook_resid_post",
+}
+_GLOBAL_BERT = {"hook_embed": "embed.hook_out", "hook_pos_embed": "pos_embed.hook_out"}
+
+
+class TransformerLensModel(Model):
+    backend_name: ClassVar[str] = "transformer_lens"
+    capabilities = frozenset({Capability.GRADIENTS, Capability.WEIGHT_EDIT, Capability.GENERATION, Capability.PYTHON_HOOKS})
+
+    def __init__(self, tl_model: Any, tokenizer: Any = None, name: str | None = None, padding_side: PaddingSide | None = None) -> None:
+        self.tl = tl_model
+        tok = tokenizer if tokenizer is not None else getattr(tl_model, "tokenizer", None)
+        cfg = tl_model.cfg
+        super().__init__(tok, name or getattr(cfg, "model_name", None) or "transformer_lens-model", padding_side)
+        self.hf = getattr(tl_model, "original_model", None)
+        self._family = None
+        self._prefix = ""
+        if self.hf is not None:
+            try:
+                self._family, self._prefix = detect(self.hf)
+            except InputError:
+                self._family = None
+        self.post_ln = bool(self._family is not None and self._family.post_ln)
+        self._hook_dict = tl_model.hook_dict
+        self._map = self._site_map()
+        self._ref: ModelRef | None = None
+
+    def _site_map(self) -> dict[str, str]:
+        """Canonical site -> bridge hook name, for the sites that fire with that meaning."""
+        mapping: dict[str, str] = {}
+        n = self.n_layers
+        if self.post_ln:
+            for layer in range(n):
+                for kind, hook in _BERT_SITES.items():
+                    if f"blocks.{layer}.{hook}" in self._hook_dict:
+                        mapping[f"blocks.{layer}.{kind}"] = f"blocks.{layer}.{hook}"
+            for kind, hook in _GLOBAL_BERT.items():
+                if hook in self._hook_dict:
+                    mapping[kind] = hook
+        else:
+            gated = self._family is not None and "gate" in self._family.linears
+            kinds = [k for k in BLOCK_SITES if k != "mlp.hook_pre_linear" or gated]
+            for name in canonical_sites(n, tuple(kinds), GLOBAL_SITES_BEFORE + GLOBAL_SITES_AFTER):
+                hook = name
+                if name.endswith("mlp.hook_pre_linear"):
+                    hook = name.replace("mlp.hook_pre_linear", "mlp.in.hook_out")
+                if hook in self._hook_dict:
+                    mapping[name] = hook
+            if getattr(self.tl.cfg, "positional_embedding_type", "standard") == "rotary":
+                mapping.pop("hook_pos_embed", None)
+        order = {s: i for i, s in enumerate(canonical_sites(n, BLOCK_SITES, GLOBAL_SITES_BEFORE + GLOBAL_SITES_AFTER))}
+        return dict(sorted(mapping.items(), key=lambda kv: order.get(kv[0], 0)))
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.tl.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.tl.cfg.d_model)
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.post_ln
+
+    def sites(self) -> list[str]:
+        return list(self._map)
+
+    def raw_sites(self) -> list[str]:
+        return list(self._hook_dict)
+
+    def _is_raw_site(self, site: str) -> bool:
+        return site in self._hook_dict
+
+    def _attach(self, site: str, fn: SiteFn) -> Handle:
+        hook_point = self._hook_dict[self._map.get(site, site)]
+
+        def tl_hook(act: torch.Tensor, hook: Any) -> torch.Tensor | None:
+            return fn(act)
+
+        lens_handle = hook_point.add_hook(tl_hook, dir="fwd")
+
+        def remove() -> None:
+            lens_handle.hook.remove()
+            if lens_handle in hook_point.fwd_hooks:
+                hook_point.fwd_hooks.remove(lens_handle)
+
+        return Handle(remove, f"hook on {site}")
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        if self.post_ln:
+            # The bridge's BERT MLM head is randomly initialised (hook_points.md §4): return the
+            # last layer output, never those logits.
+            out: dict[str, torch.Tensor] = {}
+            last = self._map[f"blocks.{self.n_layers - 1}.hook_resid_post"]
+
+            def keep(act: torch.Tensor, hook: Any) -> None:
+                out["h"] = act
+
+            handle = self._hook_dict[last].add_hook(keep)
+            try:
+                self.tl(batch.input_ids, attention_mask=batch.attention_mask, return_type=None, **self._positions(batch))
+            finally:
+                handle.hook.remove()
+                self._hook_dict[last].fwd_hooks.remove(handle)
+            return out["h"]
+        return self.tl(batch.input_ids, attention_mask=batch.attention_mask, return_type="logits", **self._positions(batch))
+
+    def _positions(self, batch: Batch) -> dict[str, torch.Tensor]:
+        # HF-backed bridges forward extra kwargs to the HF model; native models take none.
+        return {} if self._family is None or self._family.name == "tl_native" else {"position_ids": batch.position_ids}
+
+    @property
+    def weights(self) -> Weights:
+        if self.hf is None or self._family is None:
+            raise InputError("weight access needs the bridge's underlying model (llama, gpt2, bert or native)")
+        cfg = getattr(self.hf, "config", None) or self.tl.cfg
+        if self._family.name == "tl_native":
+            cfg = self.tl.cfg
+        return weights_of(self.hf, self._family, self._prefix, cfg)
+
+    @property
+    def ref(self) -> ModelRef:
+        if self._ref is None:
+            try:
+                version = md.version("transformer-lens")
+            except md.PackageNotFoundError:
+                version = None
+            module = self.hf if self.hf is not None else self.tl
+            compat = bool(getattr(self.tl, "compatibility_mode", False))
+            self._ref = ModelRef(
+                name=self.name,
+                weights_hash=weights_hash(module),
+                backend=self.backend_name,
+                backend_version=version,
+                dtype=str(self.tl.cfg.dtype).removeprefix("torch."),
+                architecture=type(self.hf).__name__ if self.hf is not None else type(self.tl).__name__,
+                processing="compatibility_mode" if compat else "none",
+            )
+        return self._ref
+
+    def hook_count(self) -> int:
+        """Hooks on every HookPoint (TL's registry) plus raw torch hooks (for leak checks)."""
+        from conceptkit.backends.module_hooks import hook_count
+
+        tl_hooks = sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in self._hook_dict.values())
+        return tl_hooks + hook_count(self.tl)
+
+
+class TransformerLensBackend:
+    """Recognises ``HookedRootModule`` objects (TransformerBridge, HookedTransformer)."""
+
+    def recognises(self, obj: Any) -> bool:
+        import sys
+
+        if "transformer_lens" not in sys.modules:
+            return False
+        try:
+            from transformer_lens.hook_points import HookedRootModule
+        except ImportError:
+            return False
+        if isinstance(obj, HookedRootModule):
+            return True
+        from transformer_lens.model_bridge import TransformerBridge
+
+        return isinstance(obj, TransformerBridge)
+
+    def wrap(self, obj: Any, tokenizer: Any = None, **kwargs: Any) -> Model:
+        return TransformerLensModel(obj, tokenizer, **kwargs)

@@ -1,0 +1,184 @@
+"""Weight access by role, in TransformerLens layout, with reversible in-place edits.
+
+Reads come from the HF parameters (never from stacked getters, whose reshape scrambles heads
+for HF ``[out, in]`` matrices: hook_points.md §5.1). Every edit keeps a copy of the original
+parameter and returns a :class:`~conceptkit.handles.Handle` that restores the exact bits.
+
+Layouts (TL): ``W_V(l)`` ``[H_kv, d, d_h]``, ``W_O(l)`` ``[H, d_h, d]``, ``W_in(l)``
+``[d, d_mlp]``, ``W_out(l)`` ``[d_mlp, d]``, ``W_U`` ``[d, V]``, ``W_E`` ``[V, d]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from conceptkit.backends.families import Family, apply_prefix
+from conceptkit.errors import InputError
+from conceptkit.handles import Handle
+
+
+class Weights:
+    """Per-role weight views of one HF-style module tree."""
+
+    def __init__(self, root: torch.nn.Module, family: Family, prefix: str, n_heads: int, n_kv_heads: int) -> None:
+        self._root, self.family, self._prefix = root, family, prefix
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+
+    # -- low level ---------------------------------------------------------------------------
+    def module(self, role: str, layer: int | None = None) -> torch.nn.Module:
+        if role not in self.family.linears:
+            raise InputError(f"weight role {role!r} does not exist for {self.family.name}; known: {sorted(self.family.linears)}")
+        path = apply_prefix(self.family.linears[role].replace("{l}", str(layer)), self._prefix)
+        if path is None:
+            raise InputError(f"weight role {role!r} is not part of this model (no such module)")
+        try:
+            return self._root.get_submodule(path)
+        except AttributeError:
+            raise InputError(f"weight role {role!r} at layer {layer} not found (module path {path!r})") from None
+
+    def parameter(self, role: str, layer: int | None = None, kind: str = "weight") -> torch.nn.Parameter:
+        """The underlying parameter (HF layout) of ``role``."""
+        param = getattr(self.module(role, layer), kind, None)
+        if param is None:
+            raise InputError(f"{role!r} at layer {layer} has no {kind}")
+        return param
+
+    def _matrix(self, role: str, layer: int | None) -> torch.Tensor:
+        """``[in, out]`` view of a linear map's weight (transposing nn.Linear, not Conv1D)."""
+        w = self.parameter(role, layer)
+        return w if self.family.conv1d and role not in ("unembed", "embed") else w.T
+
+    # -- reads (TL layout) ------------------------------------------------------------------------
+    def _qkv(self, which: str, layer: int) -> torch.Tensor:
+        if self.family.fused_qkv:
+            w = self.parameter("qkv", layer)  # [d, 3d]
+            d = w.shape[0]
+            part = "qkv".index(which)
+            return w[:, part * d : (part + 1) * d]
+        return self._matrix(which, layer)
+
+    def _heads(self, m: torch.Tensor, heads: int) -> torch.Tensor:  # [d, H*d_h] -> [H, d, d_h]
+        d = m.shape[0]
+        return m.reshape(d, heads, -1).permute(1, 0, 2)
+
+    def W_Q(self, layer: int) -> torch.Tensor:
+        return self._heads(self._qkv("q", layer), self.n_heads)
+
+    def W_K(self, layer: int) -> torch.Tensor:
+        return self._heads(self._qkv("k", layer), self.n_kv_heads)
+
+    def W_V(self, layer: int) -> torch.Tensor:
+        return self._heads(self._qkv("v", layer), self.n_kv_heads)
+
+    def b_V(self, layer: int) -> torch.Tensor:
+        if self.family.fused_qkv:
+            b = self.parameter("qkv", layer, "bias")
+            d = b.shape[0] // 3
+            b = b[2 * d :]
+        else:
+            b = getattr(self.module("v", layer), "bias", None)
+            if b is None:
+                return torch.zeros(self.n_kv_heads, self.W_V(layer).shape[-1])
+        return b.reshape(self.n_kv_heads, -1)
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        m = self._matrix("o", layer)  # [H*d_h, d]
+        return m.reshape(self.n_heads, -1, m.shape[1])
+
+    def b_O(self, layer: int) -> torch.Tensor:
+        b = getattr(self.module("o", layer), "bias", None)
+        return b if b is not None else torch.zeros(self._matrix("o", layer).shape[1])
+
+    def W_in(self, layer: int) -> torch.Tensor:
+        return self._matrix("in", layer)
+
+    def W_gate(self, layer: int) -> torch.Tensor:
+        return self._matrix("gate", layer)
+
+    def W_out(self, layer: int) -> torch.Tensor:
+        return self._matrix("out", layer)
+
+    def b_out(self, layer: int) -> torch.Tensor:
+        b = getattr(self.module("out", layer), "bias", None)
+        return b if b is not None else torch.zeros(self._matrix("out", layer).shape[1])
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self.parameter("unembed").T
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self.parameter("embed")
+
+    def ln_scale(self, which: str, layer: int | None = None) -> torch.Tensor:
+        """Gain of ``ln1``/``ln2`` (per layer) or ``ln_final``."""
+        return self.parameter(which, layer)
+
+    def ov(self, layer: int, head: int) -> torch.Tensor:
+        """The OV circuit ``W_V[h // group] @ W_O[h]`` ``[d, d]`` (grouped KV heads repeat)."""
+        group = self.n_heads // self.n_kv_heads
+        return self.W_V(layer)[head // group] @ self.W_O(layer)[head]
+
+    # -- edits ------------------------------------------------------------------------------------
+    def edit(self, role: str, layer: int | None, fn: Callable[[torch.Tensor], torch.Tensor], kind: str = "weight") -> Handle:
+        """Replace a parameter by ``fn(current)`` (HF layout); the handle restores the exact bits."""
+        param = self.parameter(role, layer, kind)
+        original = param.detach().clone()
+        new = fn(param.detach().clone())
+        if new.shape != param.shape:
+            raise InputError(f"edit of {role!r} produced shape {tuple(new.shape)}, expected {tuple(param.shape)}")
+        if new.is_floating_point() and not torch.isfinite(new).all():
+            raise InputError(f"edit of {role!r} at layer {layer} produced NaN or Inf values; nothing changed")
+        with torch.no_grad():
+            param.copy_(new)
+
+        def undo() -> None:
+            with torch.no_grad():
+                param.copy_(original)
+
+        return Handle(undo, f"edit {role}[{layer}]")
+
+    def rank_one_update(self, role: str, layer: int | None, u: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> Handle:
+        """``W <- W + scale * u vᵀ`` with ``W`` in TL ``[in, out]`` layout (``u`` in, ``v`` out).
+
+        For ``out`` (the MLP down-projection, ``[d_mlp, d]``) ``u`` is a key and ``v`` a value,
+        the form rank-one editors (ROME, ROCR) use.
+        """
+        transposed = not (self.family.conv1d and role not in ("unembed", "embed"))
+
+        def fn(w: torch.Tensor) -> torch.Tensor:
+            outer = scale * torch.outer(u.to(w.dtype).reshape(-1), v.to(w.dtype).reshape(-1))
+            outer = outer.T if transposed else outer
+            if outer.shape != w.shape:
+                raise InputError(
+                    f"rank-one update of {role!r}: u has {u.numel()} and v {v.numel()} entries, "
+                    f"but the weight is {tuple(self._matrix(role, layer).shape)} in [in, out] layout"
+                )
+            return w + outer
+
+        return self.edit(role, layer, fn)
+
+    def project_out(self, role: str, layer: int | None, direction: torch.Tensor, side: str = "out") -> Handle:
+        """Remove ``direction`` from the output (``side="out"``) or input space of a linear map."""
+        def fn(w: torch.Tensor) -> torch.Tensor:
+            m = w if (self.family.conv1d and role not in ("unembed", "embed")) else w.T  # [in, out]
+            d = direction.to(w.dtype).reshape(-1)
+            d = d / d.norm()
+            if side == "out":
+                m = m - torch.outer(m @ d, d)
+            elif side == "in":
+                m = m - torch.outer(d, d @ m)
+            else:
+                raise InputError(f"side must be 'in' or 'out', got {side!r}")
+            return m if (self.family.conv1d and role not in ("unembed", "embed")) else m.T
+
+        return self.edit(role, layer, fn)
+
+
+def weights_of(root: torch.nn.Module, family: Family, prefix: str, cfg: Any) -> Weights:
+    n_heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or getattr(cfg, "n_heads"))
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "n_key_value_heads", None) or n_heads)
+    return Weights(root, family, prefix, n_heads, n_kv)

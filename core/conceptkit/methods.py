@@ -1,0 +1,152 @@
+"""The method contract: a name, a pydantic ``Config``, required capabilities, ``run``.
+
+A plugin author subclasses :class:`Method` (or :class:`ArtifactMethod` for methods whose output
+is applied later: erasers, weight edits, steering vectors) and implements ``compute``. The base
+class validates the configuration, checks the model's capabilities *before* any compute, and
+saves what the result produced to the store, so every method behaves the same from Python and
+from the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pydantic
+
+from conceptkit.capabilities import Capability, missing
+from conceptkit.errors import CapabilityError, ConfigError, InputError
+from conceptkit.handles import Handle
+
+if TYPE_CHECKING:
+    from conceptkit.backends.base import Model
+    from conceptkit.store import Store
+    from conceptkit.store.record import RecordDraft
+
+
+class MethodConfig(pydantic.BaseModel):
+    """Base class of method configurations: unknown fields are errors, never silently ignored."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Result(pydantic.BaseModel):
+    """What ``Method.run`` returns. Subclasses add fields and override the three hooks below."""
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    method: str = ""
+    config: dict[str, Any] = pydantic.Field(default_factory=dict)
+    model_ref: dict[str, Any] | None = None
+    record_ids: list[str] = pydantic.Field(default_factory=list)
+
+    def summary(self) -> str:
+        """A human-readable text summary (printed by the CLI)."""
+        fields = {k: v for k, v in self.model_dump().items() if k not in ("config", "record_ids")}
+        return "\n".join(f"{k}: {v}" for k, v in fields.items())
+
+    def plot(self, path: str | Path) -> Path | None:
+        """Write a figure to ``path`` where a picture helps; ``None`` when the method has none."""
+        return None
+
+    def drafts(self) -> list["RecordDraft"]:
+        """The concept vectors this result wants stored (empty by default)."""
+        return []
+
+    def save(self, store: "Store") -> list[str]:
+        """Store every draft; returns and remembers the record ids."""
+        ids = [store.put(draft).id for draft in self.drafts()]
+        self.record_ids = ids
+        return ids
+
+
+def validate_config(config_cls: type[MethodConfig], value: Any, method: str) -> MethodConfig:
+    """Turn a dict / instance / None into a validated config; errors name method, field and value."""
+    if isinstance(value, config_cls):
+        return value
+    if value is None:
+        value = {}
+    if isinstance(value, pydantic.BaseModel):
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        raise ConfigError(f"method {method!r}: config must be a mapping, got {type(value).__name__}")
+    try:
+        return config_cls.model_validate(value)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, method)) from None
+
+
+def format_validation_error(exc: pydantic.ValidationError, method: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<config>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field {loc!r}")
+        else:
+            parts.append(f"field {loc!r}: {err['msg']} (got {err.get('input')!r})")
+    return f"method {method!r}: invalid config: " + "; ".join(parts)
+
+
+class Method:
+    """Base class of every conceptkit method.
+
+    Class attributes:
+        name: the name users type (``conceptkit run NAME``).
+        Config: a :class:`MethodConfig` subclass; its JSON schema drives ``--help``.
+        requires: capabilities the model's backend must offer.
+        needs_model: ``False`` for methods that work on stored data only.
+        description: one line for listings.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    requires: ClassVar[frozenset[Capability]] = frozenset()
+    needs_model: ClassVar[bool] = True
+    description: ClassVar[str] = ""
+
+    def check(self, model: "Model | None") -> None:
+        """Raise before any compute if ``model`` cannot serve this method."""
+        if model is None:
+            if self.needs_model:
+                raise InputError(f"method {self.name!r} needs a model (pass one, or --model NAME)")
+            return
+        lacking = missing(self.requires, model.capabilities)
+        if lacking:
+            raise CapabilityError(
+                f"method {self.name!r} requires {', '.join(lacking)}, which backend "
+                f"{model.backend_name!r} does not offer"
+            )
+
+    def run(self, model: "Model | None" = None, config: Any = None, store: "Store | None" = None) -> Result:
+        """Validate, check capabilities, compute, and save to ``store`` if one is given."""
+        cfg = validate_config(self.Config, config, self.name)
+        self.check(model)
+        result = self.compute(model, cfg, store)
+        result.method = self.name
+        result.config = cfg.model_dump(mode="json")
+        if model is not None and result.model_ref is None:
+            result.model_ref = model.ref.model_dump(mode="json")
+        if store is not None:
+            result.save(store)
+        return result
+
+    def compute(self, model: "Model | None", config: Any, store: "Store | None") -> Result:
+        """The method itself; implemented by subclasses."""
+        raise NotImplementedError(f"method {self.name!r} does not implement compute()")
+
+    def __repr__(self) -> str:
+        return f"<conceptkit method {self.name!r}>"
+
+
+class ArtifactMethod(Method):
+    """A method whose output is applied later: ``fit`` returns an artifact, ``apply`` a handle.
+
+    ``run`` fits (and reports); ``apply(artifact, model)`` returns a :class:`Handle` that undoes
+    itself on ``remove()`` or at the end of a ``with`` block.
+    """
+
+    def fit(self, model: "Model | None", config: Any = None, store: "Store | None" = None) -> Any:
+        raise NotImplementedError(f"method {self.name!r} does not implement fit()")
+
+    def apply(self, artifact: Any, model: "Model") -> Handle:
+        raise NotImplementedError(f"method {self.name!r} does not implement apply()")
