@@ -1,0 +1,124 @@
+"""Interop with neighbouring tools' formats.
+
+* GGUF control vectors, the layout llama.cpp and repeng read: ``controlvector.model_hint``,
+  ``controlvector.layer_count`` and one ``direction.<layer>`` tensor per layer, where
+  ``<layer>`` is the block index whose output (``blocks.<layer>.hook_resid_post``) it steers
+  (repeng's convention; llama.cpp ignores layer 0).
+* SAELens SAE folders: ``cfg.json`` plus ``sae_weights.safetensors`` with ``W_enc [d_in, d_sae]``,
+  ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from conceptkit.errors import MissingDependencyError, StoreError
+from conceptkit.store.local import LocalStore
+from conceptkit.store.record import MethodInfo, Record, RecordDraft
+
+_LAYER_RE = re.compile(r"^(?:blocks\.)?(\d+)(?:\.hook_resid_post)?$|^layer[._]?(\d+)$")
+
+
+def _layer_of(name: str) -> int:
+    match = _LAYER_RE.match(name)
+    if not match:
+        raise StoreError(f"tensor name {name!r} does not name a layer (use 'blocks.<l>.hook_resid_post' or 'layer.<l>')")
+    return int(match.group(1) or match.group(2))
+
+
+def export_control_vector(store: LocalStore, record_id: str, path: str | Path, model_hint: str | None = None) -> Path:
+    """Write a per-layer vector set as a GGUF control vector."""
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependencyError("gguf", "pip install gguf") from None
+    record, tensors = store.load(record_id)
+    layers = {_layer_of(name): t for name, t in tensors.items() if t.dim() == 1}
+    if not layers:
+        raise StoreError(f"record {record.short_id} has no 1-D per-layer vectors to export")
+    hint = model_hint or (record.model or {}).get("architecture", "llama")
+    hint = {"LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}.get(hint, hint)
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), "controlvector")
+    writer.add_string("controlvector.model_hint", str(hint))
+    writer.add_uint32("controlvector.layer_count", len(layers))
+    for layer in sorted(layers):
+        writer.add_tensor(f"direction.{layer}", layers[layer].float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def read_control_vector(path: str | Path) -> tuple[dict[str, Any], dict[int, torch.Tensor]]:
+    """Read a GGUF control vector: metadata and ``{layer: direction}``."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    meta: dict[str, Any] = {}
+    for key in ("controlvector.model_hint", "controlvector.layer_count"):
+        field = reader.fields.get(key)
+        if field is not None:
+            value = field.parts[field.data[0]]
+            meta[key] = bytes(value).decode() if field.types[0] == gguf.GGUFValueType.STRING else int(value[0])
+    directions = {int(t.name.split(".")[1]): torch.from_numpy(t.data.copy()).float() for t in reader.tensors}
+    return meta, directions
+
+
+SAE_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), checking shapes."""
+    folder = Path(folder)
+    cfg_path, weights_path = folder / "cfg.json", folder / "sae_weights.safetensors"
+    if not cfg_path.exists() or not weights_path.exists():
+        raise StoreError(f"{folder} is not a SAELens folder (needs cfg.json and sae_weights.safetensors)")
+    cfg = json.loads(cfg_path.read_text())
+    tensors = load_file(str(weights_path))
+    missing = [k for k in SAE_TENSORS if k not in tensors]
+    if missing:
+        raise StoreError(f"{weights_path}: missing tensors {missing}")
+    d_in, d_sae = tensors["W_enc"].shape
+    if tuple(tensors["W_dec"].shape) != (d_sae, d_in):
+        raise StoreError(f"{weights_path}: W_dec has shape {tuple(tensors['W_dec'].shape)}, expected {(d_sae, d_in)}")
+    for key, n in (("d_in", d_in), ("d_sae", d_sae)):
+        if key in cfg and int(cfg[key]) != n:
+            raise StoreError(f"{cfg_path}: {key}={cfg[key]} but the weights say {n}")
+    return cfg, tensors
+
+
+def write_saelens(folder: str | Path, tensors: dict[str, torch.Tensor], cfg: dict[str, Any]) -> Path:
+    """Write an SAE in SAELens' on-disk format."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    d_in, d_sae = tensors["W_enc"].shape
+    full = {"d_in": int(d_in), "d_sae": int(d_sae), "architecture": "standard", "dtype": "float32", **cfg}
+    save_file({k: tensors[k].contiguous() for k in SAE_TENSORS}, str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(full, indent=2))
+    return folder
+
+
+def import_saelens(store: LocalStore, folder: str | Path, concept: str | None = None, tags: list[str] | None = None) -> Record:
+    """Store a SAELens SAE as a dictionary record (kind ``sae``)."""
+    cfg, tensors = read_saelens(folder)
+    site = cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name")
+    model_name = cfg.get("model_name") or cfg.get("metadata", {}).get("model_name")
+    draft = RecordDraft(
+        tensors={k: tensors[k] for k in SAE_TENSORS},
+        concept=concept or f"SAE {Path(folder).name}",
+        description=f"SAE dictionary imported from {Path(folder).name}",
+        kind="sae",
+        method=MethodInfo(name="saelens-import", config={k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool, type(None)))}),
+        model={"name": model_name, "backend": "saelens"} if model_name else None,
+        site=site,
+        tags=tags or [],
+    )
+    return store.put(draft)
