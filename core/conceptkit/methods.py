@@ -82,6 +82,8 @@ def format_validation_error(exc: pydantic.ValidationError, method: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "<config>"
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown field {loc!r}")
+        elif err["type"] == "missing":
+            parts.append(f"missing required field {loc!r}")
         else:
             parts.append(f"field {loc!r}: {err['msg']} (got {err.get('input')!r})")
     return f"method {method!r}: invalid config: " + "; ".join(parts)

@@ -1,0 +1,77 @@
+"""A pytest plugin for plugin authors (entry point ``pytest11``; active once conceptkit is installed).
+
+Fixtures:
+    ck_store: a fresh store in a temporary folder.
+    ck_tiny_model: a factory ``ck_tiny_model("tiny-llama", backend="nnsight")`` (cached per session).
+    ck_registered_plugin: the :func:`registered_plugin` context manager.
+    ck_hook_leak_check: call it with a model; at teardown the test fails if the model has more or
+        fewer hooks than when the check started.
+
+Helpers: :func:`registered_plugin` and :func:`assert_no_hook_leak`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from conceptkit.plugins import registered_plugin
+
+__all__ = ["registered_plugin", "assert_no_hook_leak"]
+
+
+@contextlib.contextmanager
+def assert_no_hook_leak(model: Any) -> Iterator[None]:
+    """Fail if the block changes the number of hooks registered on ``model`` (raising or not)."""
+    before = model.hook_count()
+    try:
+        yield
+    finally:
+        after = model.hook_count()
+        assert after == before, f"hook leak on {model!r}: {before} hook(s) before, {after} after"
+
+
+@pytest.fixture
+def ck_store(tmp_path: Any) -> Any:
+    from conceptkit.store import open_store
+
+    store = open_store(tmp_path / "store")
+    yield store
+    store.close()
+
+
+_MODEL_CACHE: dict[tuple[str, str], Any] = {}
+
+
+@pytest.fixture
+def ck_tiny_model() -> Callable[..., Any]:
+    def load(name: str = "tiny-llama", backend: str = "transformer_lens") -> Any:
+        key = (name, backend)
+        if key not in _MODEL_CACHE:
+            from conceptkit.models import load_model
+
+            _MODEL_CACHE[key] = load_model(name, backend=backend)
+        return _MODEL_CACHE[key]
+
+    return load
+
+
+@pytest.fixture
+def ck_registered_plugin() -> Callable[..., Any]:
+    return registered_plugin
+
+
+@pytest.fixture
+def ck_hook_leak_check() -> Iterator[Callable[[Any], None]]:
+    watched: list[tuple[Any, int]] = []
+
+    def watch(model: Any) -> None:
+        watched.append((model, model.hook_count()))
+
+    yield watch
+    for model, before in watched:
+        after = model.hook_count()
+        assert after == before, f"hook leak on {model!r}: {before} hook(s) before the test, {after} after"
