@@ -20,15 +20,15 @@ __version__ = "0.1.0"
 
 _LAZY = {
     # plugins and methods
-    "plugins": "conceptkit.plugins",
-    "plugin_failures": "conceptkit.plugins",
-    "methods": "conceptkit.plugins",
-    "method": "conceptkit.plugins",
-    "registered_plugin": "conceptkit.plugins",
-    "Method": "conceptkit.methods",
-    "ArtifactMethod": "conceptkit.methods",
-    "MethodConfig": "conceptkit.methods",
-    "Result": "conceptkit.methods",
+    "plugins": "conceptkit.plugin_manager",
+    "plugin_failures": "conceptkit.plugin_manager",
+    "methods": "conceptkit.plugin_manager",
+    "method": "conceptkit.plugin_manager",
+    "registered_plugin": "conceptkit.plugin_manager",
+    "Method": "conceptkit.contract",
+    "ArtifactMethod": "conceptkit.contract",
+    "MethodConfig": "conceptkit.contract",
+    "Result": "conceptkit.contract",
     "Capability": "conceptkit.capabilities",
     "Handle": "conceptkit.handles",
     # models
@@ -74,8 +74,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from conceptkit.capabilities import Capability
     from conceptkit.errors import ConceptkitError
     from conceptkit.handles import Handle
-    from conceptkit.methods import ArtifactMethod, Method, MethodConfig, Result
+    from conceptkit.contract import ArtifactMethod, Method, MethodConfig, Result
     from conceptkit.models import load_model
-    from conceptkit.plugins import method, methods, plugin_failures, plugins, registered_plugin
+    from conceptkit.plugin_manager import method, methods, plugin_failures, plugins, registered_plugin
     from conceptkit.store import Store, open_store
     from conceptkit.store.record import Record, RecordDraft

@@ -44,7 +44,7 @@ class ConceptkitGroup(click.Group):
         if ConceptkitGroup._plugins_loaded:
             return
         ConceptkitGroup._plugins_loaded = True
-        from conceptkit.plugins import get_manager
+        from conceptkit.plugin_manager import get_manager
 
         manager = get_manager()
         for impl in manager.hook.register_commands.get_hookimpls():
@@ -79,8 +79,8 @@ def cli(debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List installed plugins (and plugins that failed to load)."""
-    from conceptkit.plugins import plugin_failures
-    from conceptkit.plugins import plugins as list_plugins
+    from conceptkit.plugin_manager import plugin_failures
+    from conceptkit.plugin_manager import plugins as list_plugins
 
     infos, failures = list_plugins(), plugin_failures()
     if as_json:
@@ -96,8 +96,8 @@ def plugins(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def methods(as_json: bool) -> None:
     """List registered methods."""
-    from conceptkit.plugins import method_plugin
-    from conceptkit.plugins import methods as list_methods
+    from conceptkit.plugin_manager import method_plugin
+    from conceptkit.plugin_manager import methods as list_methods
 
     items = list_methods()
     data = [
@@ -114,7 +114,7 @@ def methods(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """List named models."""
-    from conceptkit.plugins import get_manager
+    from conceptkit.plugin_manager import get_manager
 
     entries = get_manager().registry.models.values()
     data = [{"name": e.name, "backends": list(e.backends), "plugin": e.plugin, "description": e.description} for e in entries]
@@ -149,8 +149,8 @@ def _make_run_command(name: str, method_cls: type) -> click.Command:
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     def command(config_file, overrides, model_name, backend, store_path, no_store, plot_path, as_json):  # type: ignore[no-untyped-def]
         from conceptkit.config_io import apply_overrides, load_config_file
-        from conceptkit.methods import validate_config
-        from conceptkit.plugins import method
+        from conceptkit.contract import validate_config
+        from conceptkit.plugin_manager import method
 
         m = method(name)
         raw = load_config_file(config_file) if config_file else {}
@@ -185,12 +185,12 @@ class RunGroup(click.Group):
     """``conceptkit run METHOD``: one subcommand per registered method, built from its Config."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        from conceptkit.plugins import methods as list_methods
+        from conceptkit.plugin_manager import methods as list_methods
 
         return sorted(list_methods())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        from conceptkit.plugins import methods as list_methods
+        from conceptkit.plugin_manager import methods as list_methods
 
         items = list_methods()
         if name not in items:

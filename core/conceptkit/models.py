@@ -264,14 +264,14 @@ def load_hub(name: str, backend: str = "transformer_lens", **kwargs: Any) -> Mod
 
 
 def registered_model_names() -> list[str]:
-    from conceptkit.plugins import get_manager
+    from conceptkit.plugin_manager import get_manager
 
     return sorted(get_manager().registry.models)
 
 
 def load_model(name: str, backend: str = "transformer_lens", **kwargs: Any) -> Model:
     """Load a named model (``conceptkit models`` lists them) or a local path / HF id."""
-    from conceptkit.plugins import get_manager
+    from conceptkit.plugin_manager import get_manager
 
     models = get_manager().registry.models
     if name in models:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conceptkit.plugins import registered_plugin
+from conceptkit.plugin_manager import registered_plugin
 
 __all__ = ["registered_plugin", "assert_no_hook_leak"]
 
@@ -26,12 +26,12 @@ __all__ = ["registered_plugin", "assert_no_hook_leak"]
 @contextlib.contextmanager
 def assert_no_hook_leak(model: Any) -> Iterator[None]:
     """Fail if the block changes the number of hooks registered on ``model`` (raising or not)."""
-    before = model.hook_count()
+    before = model.hook_registry()
     try:
         yield
     finally:
-        after = model.hook_count()
-        assert after == before, f"hook leak on {model!r}: {before} hook(s) before, {after} after"
+        after = model.hook_registry()
+        assert after == before, f"hook leak on {model!r}: {len(before)} hook(s) before, {len(after)} after"
 
 
 @pytest.fixture
@@ -66,12 +66,12 @@ def ck_registered_plugin() -> Callable[..., Any]:
 
 @pytest.fixture
 def ck_hook_leak_check() -> Iterator[Callable[[Any], None]]:
-    watched: list[tuple[Any, int]] = []
+    watched: list[tuple[Any, list]] = []
 
     def watch(model: Any) -> None:
-        watched.append((model, model.hook_count()))
+        watched.append((model, model.hook_registry()))
 
     yield watch
     for model, before in watched:
-        after = model.hook_count()
-        assert after == before, f"hook leak on {model!r}: {before} hook(s) before the test, {after} after"
+        after = model.hook_registry()
+        assert after == before, f"hook leak on {model!r}: {len(before)} hook(s) before the test, {len(after)} after"

@@ -16,7 +16,7 @@ __all__ = ["Model", "ModelRef", "wrap", "backend_names"]
 
 
 def backend_names() -> list[str]:
-    from conceptkit.plugins import get_manager
+    from conceptkit.plugin_manager import get_manager
 
     return [name for name, _, _ in get_manager().registry.backends]
 
@@ -27,7 +27,7 @@ def wrap(obj: Any, **kwargs: Any) -> Model:
     Backends are asked in registration order whether they recognise ``obj``; the first wins.
     Keyword arguments (``tokenizer=``, ``name=``, ``padding_side=``) go to the backend.
     """
-    from conceptkit.plugins import get_manager
+    from conceptkit.plugin_manager import get_manager
 
     if isinstance(obj, Model):
         return obj

@@ -101,6 +101,13 @@ class Model:
     def n_layers(self) -> int:
         raise NotImplementedError
 
+    def hook_registry(self) -> list[tuple[str, str, int]]:
+        """Every hook currently registered on the model (compare before/after for leaks)."""
+        raise NotImplementedError
+
+    def hook_count(self) -> int:
+        return len(self.hook_registry())
+
     # -- sites ------------------------------------------------------------------------------
     def resolve_site(self, site: str) -> str:
         """Validate ``site``; unknown names raise an error suggesting the closest ones."""

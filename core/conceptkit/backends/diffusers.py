@@ -118,9 +118,11 @@ class DiffusersModel(Model):
             architecture=type(self.unet).__name__,
         )
 
-    def hook_count(self) -> int:
-        total = module_hooks.hook_count(self.unet)
-        return total + (module_hooks.hook_count(self.text_encoder) if self.text_encoder is not None else 0)
+    def hook_registry(self) -> list[tuple[str, str, int]]:
+        entries = module_hooks.hook_registry(self.unet, "unet.")
+        if self.text_encoder is not None:
+            entries += module_hooks.hook_registry(self.text_encoder, "text_encoder.")
+        return entries
 
 
 class DiffusersBackend:

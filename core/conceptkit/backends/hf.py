@@ -135,8 +135,9 @@ class HFModel(Model):
             )
         return self._ref
 
-    def hook_count(self) -> int:
-        return module_hooks.hook_count(self.hf)
+    def hook_registry(self) -> list[tuple[str, str, int]]:
+        """All torch hooks on the model (for leak checks: compare before and after)."""
+        return module_hooks.hook_registry(self.hf)
 
 
 class NNsightModel(HFModel):

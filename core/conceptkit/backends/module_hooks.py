@@ -65,10 +65,14 @@ def attach(
     return Handle(handle.remove, f"{io} hook on {type(module).__name__}")
 
 
-def hook_count(module: torch.nn.Module) -> int:
-    """Total torch hooks registered anywhere in ``module`` (for leak checks)."""
-    total = 0
-    for sub in module.modules():
-        total += len(sub._forward_hooks) + len(sub._forward_pre_hooks) + len(sub._backward_hooks)
-        total += len(getattr(sub, "_backward_pre_hooks", {}))
-    return total
+def hook_registry(module: torch.nn.Module, prefix: str = "") -> list[tuple[str, str, int]]:
+    """Every torch hook registered anywhere in ``module``: ``(module path, kind, hook id)``.
+
+    Leak tests compare this list before and after an operation, not just its length.
+    """
+    entries = []
+    for name, sub in module.named_modules():
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            for hook_id in getattr(sub, kind, {}):
+                entries.append((prefix + name, kind, int(hook_id)))
+    return sorted(entries)

@@ -60,6 +60,7 @@ class TransformerLensModel(Model):
         self._hook_dict = tl_model.hook_dict
         self._map = self._site_map()
         self._ref: ModelRef | None = None
+        self._warm_up()
 
     def _site_map(self) -> dict[str, str]:
         """Canonical site -> bridge hook name, for the sites that fire with that meaning."""
@@ -175,12 +176,24 @@ class TransformerLensModel(Model):
             )
         return self._ref
 
-    def hook_count(self) -> int:
-        """Hooks on every HookPoint (TL's registry) plus raw torch hooks (for leak checks)."""
-        from conceptkit.backends.module_hooks import hook_count
+    def hook_registry(self) -> list[tuple[str, str, int]]:
+        """TransformerLens' per-HookPoint handles plus every raw torch hook (for leak checks)."""
+        from conceptkit.backends.module_hooks import hook_registry
 
-        tl_hooks = sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in self._hook_dict.values())
-        return tl_hooks + hook_count(self.tl)
+        tl_hooks = [
+            (name, direction, id(handle))
+            for name, hp in self._hook_dict.items()
+            for direction, handles in (("tl_fwd", hp.fwd_hooks), ("tl_bwd", hp.bwd_hooks))
+            for handle in handles
+        ]
+        return sorted(set(tl_hooks)) + hook_registry(self.tl)
+
+    def _warm_up(self) -> None:
+        """One tiny forward: the bridge wires its own permanent hooks lazily on the first run,
+        which would otherwise look like a change of the hook registry to leak checks."""
+        ids = torch.zeros((1, 1), dtype=torch.long)
+        with torch.inference_mode():
+            self._forward(Batch(ids, torch.ones_like(ids), "right"))
 
 
 class TransformerLensBackend:

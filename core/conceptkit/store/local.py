@@ -467,7 +467,7 @@ def _warn_if_plugin_missing(record: Record) -> None:
     plugin = record.method.plugin
     if plugin is None:
         return
-    from conceptkit.plugins import get_manager
+    from conceptkit.plugin_manager import get_manager
 
     if plugin not in get_manager().registry.plugins:
         warnings.warn(
@@ -479,7 +479,7 @@ def _warn_if_plugin_missing(record: Record) -> None:
 
 
 def _announce(record: Record, store: LocalStore) -> None:
-    from conceptkit.plugins import get_manager
+    from conceptkit.plugin_manager import get_manager
 
     try:
         get_manager().hook.record_saved(record=record, store=store)

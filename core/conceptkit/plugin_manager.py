@@ -159,7 +159,7 @@ class PluginManager:
         for hook_name in _REGISTER_HOOKS:
             caller = getattr(self._pm.hook, hook_name)
             # Call each implementation on its own so one raising plugin cannot hide the others.
-            for impl in reversed(caller.get_hookimpls()):  # registration order
+            for impl in caller.get_hookimpls():  # registration order
                 plugin_name = impl.plugin_name
                 info = reg.plugins[plugin_name]
                 added: list[Any] = []
@@ -218,7 +218,7 @@ def _make_register(hook_name: str, reg: Registry, info: PluginInfo, added: list[
     plugin = info.name
 
     def register_method(cls: type) -> None:
-        from conceptkit.methods import Method
+        from conceptkit.contract import Method
 
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise PluginError(f"register_methods got {cls!r}, which is not a conceptkit.Method subclass")
