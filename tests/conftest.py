@@ -40,3 +40,21 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callab
         ck_plugins.reset()
 
     return make
+
+
+_MODELS: dict = {}
+
+
+def load_cached(name: str, backend: str = "transformer_lens"):
+    """Models are expensive to build; tests share one per (name, backend) and must undo changes."""
+    import conceptkit as ck
+
+    key = (name, backend)
+    if key not in _MODELS:
+        _MODELS[key] = ck.load_model(name, backend=backend)
+    return _MODELS[key]
+
+
+@pytest.fixture
+def models():
+    return load_cached

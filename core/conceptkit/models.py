@@ -70,6 +70,10 @@ def from_hf(hf_model: Any, folder: Path, backend: str, name: str, **kwargs: Any)
     from transformers import AutoTokenizer
 
     hf_model.eval()
+    # The bridge forces eager attention; do the same everywhere so that a canonical site is the
+    # same tensor on every backend (SDPA differs from eager by ~1e-4 on SmolLM2's large residuals).
+    if hasattr(hf_model, "set_attn_implementation"):
+        hf_model.set_attn_implementation("eager")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))  # one copy per model: nnsight mutates it
     if backend == "transformer_lens":
         _require("transformer_lens", "pip install 'transformer-lens>=4'")

@@ -25,15 +25,18 @@ from conceptkit.handles import Handle
 from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites, parse
 
 
-def weights_hash(module: torch.nn.Module, limit: int = 8) -> str:
-    """A cheap fingerprint of the weights: shapes of all, bytes of the first ``limit`` tensors."""
-    h = hashlib.sha256()
-    for i, (name, p) in enumerate(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        if i < limit:
-            h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
-    return "sha256:" + h.hexdigest()[:16]
+def weights_hash(module: torch.nn.Module) -> str:
+    """A hash of the weights that ignores module names (backends rename modules: the bridge
+    wraps them), so the same weights give the same hash through every backend."""
+    digests = []
+    seen: set[int] = set()
+    for p in module.parameters():
+        if p.data_ptr() in seen:  # tied weights count once
+            continue
+        seen.add(p.data_ptr())
+        data = p.detach().cpu().contiguous()
+        digests.append(hashlib.sha256(str(tuple(data.shape)).encode() + data.view(torch.uint8).numpy().tobytes()).hexdigest())
+    return "sha256:" + hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
 
 
 class HFModel(Model):
