@@ -1,0 +1,1 @@
+"""Reproducible benchmarks against peers; run ``python -m benchmarks [name ...]``."""
