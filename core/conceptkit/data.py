@@ -17,7 +17,7 @@ import torch
 
 from conceptkit.errors import InputError
 
-Reduce = Union[Literal["last", "mean", "first", "all"], Sequence[int]]
+Reduce = Union[Literal["last", "mean", "first", "all", "flatten"], Sequence[int]]
 PaddingSide = Literal["left", "right"]
 
 
@@ -94,6 +94,11 @@ def reduce_tokens(acts: torch.Tensor, batch: Batch, reduce: Reduce) -> torch.Ten
             f"batch {tuple(batch.attention_mask.shape)}; token reduction needs a [B, T, ...] site"
         )
     mask = batch.attention_mask.to(acts.device)
+    if reduce == "flatten":
+        # captum/TF convention: the whole [T, ...] block as one vector; needs equal lengths.
+        if not bool(mask.bool().all()):
+            raise InputError("reduce='flatten' needs inputs of equal length (no padding); use last or mean")
+        return acts.reshape(acts.shape[0], -1)
     if reduce == "all":
         return acts[mask.bool()]
     if reduce == "mean":

@@ -43,6 +43,11 @@ class ModelRef(pydantic.BaseModel):
     processing: str | None = None  # e.g. TransformerLens compatibility mode
 
 
+class _StopForward(Exception):
+    """Raised by capture hooks once every requested site has fired: the rest of the forward
+    pass is not needed (capturing layer 12 of 30 costs 12 layers, not 30)."""
+
+
 class _GradCollector:
     def __init__(self) -> None:
         self.leaves: list[torch.Tensor] = []
@@ -250,6 +255,9 @@ class Model:
         if not site_list:
             raise InputError("capture needs at least one site")
         resolved = [self.resolve_site(s) for s in site_list]
+        # Stop the forward once all sites fired; only for canonical sites (each fires once).
+        known = set(self.sites())
+        stop_early = all(s in known for s in resolved)
         sink = ActivationSink(resolved, reduce, stream_to=stream_to, shard_bytes=int(shard_mb * 2**20))
         batch_iter = self.batches(inputs, batch_size, padding_side)
         for batch in _progress(batch_iter, inputs, batch_size, progress, "capture"):
@@ -258,12 +266,17 @@ class Model:
             def make(site: str) -> SiteFn:
                 def hook(t: torch.Tensor) -> None:
                     captured[site] = reduce_tokens(t.detach(), batch, reduce).to("cpu", dtype).clone()
+                    if stop_early and len(captured) == len(resolved):
+                        raise _StopForward
 
                 return hook
 
             with self._running(batch, interventions), HandleGroup([self._attach(s, make(s)) for s in resolved]):
                 with torch.inference_mode():
-                    self._forward(batch)
+                    try:
+                        self._forward(batch)
+                    except _StopForward:
+                        pass
             sink.add(captured, batch)
         return sink.finish()
 
@@ -394,7 +407,9 @@ def _progress(it: Iterator[Batch], inputs: Inputs, batch_size: int, show: bool |
         n = 1
     total = -(-n // batch_size)
     if show is None:
-        show = total >= 20
+        import sys
+
+        show = total >= 20 and sys.stderr.isatty()
     if not show:
         yield from it
         return
