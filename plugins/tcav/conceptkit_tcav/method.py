@@ -174,11 +174,15 @@ class TCAV(ck.Method):
     def _row(name: str, site: str, runs: list, baseline: list[float] | None, test: str, config: TCAVConfig,
              threshold: float, is_baseline: bool = False, fp: str | None = None,
              anchor_means: list[float] | None = None) -> TCAVRow:
-        signs = [s.sign for s, _, _ in runs]
         accs = [a for _, _, a in runs]
-        t = torch.tensor(signs, dtype=torch.float64)
         mean_acc = float(sum(accs) / len(accs))
-        low = mean_acc < config.min_cav_accuracy and not is_baseline  # random-random CAVs are chance by design
+        # A CAV at chance is noise: it is flagged and left out of the score, never silently
+        # scored. A row with more than a quarter of its CAVs at chance is not tested at all.
+        chance = [a < config.min_cav_accuracy for a in accs] if not is_baseline else [False] * len(accs)
+        kept = [run for run, bad in zip(runs, chance) if not bad] or runs
+        low = sum(chance) > len(runs) / 4
+        signs = [s.sign for s, _, _ in kept]
+        t = torch.tensor(signs, dtype=torch.float64)
         if is_baseline:
             p = float("nan")
             significant = False
@@ -195,11 +199,13 @@ class TCAV(ck.Method):
             std=float(t.std(unbiased=False)),
             p_value=p,
             significant=significant,
-            magnitude_mean=float(sum(s.magnitude_mean for s, _, _ in runs) / len(runs)),
-            magnitude_ratio=float(sum(s.magnitude_ratio for s, _, _ in runs) / len(runs)),
+            magnitude_mean=float(sum(s.magnitude_mean for s, _, _ in kept) / len(kept)),
+            magnitude_ratio=float(sum(s.magnitude_ratio for s, _, _ in kept) / len(kept)),
             cav_accuracy=mean_acc,
             cav_accuracy_min=float(min(accs)),
             low_quality=low,
+            n_chance_cavs=sum(chance),
+            n_runs=len(runs),
             scores=signs,
             baseline=is_baseline,
             examples_fingerprint=fp,

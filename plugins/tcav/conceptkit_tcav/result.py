@@ -22,7 +22,9 @@ class TCAVRow(pydantic.BaseModel):
     magnitude_ratio: float
     cav_accuracy: float  # mean held-out accuracy over runs
     cav_accuracy_min: float
-    low_quality: bool  # mean held-out accuracy below min_cav_accuracy: not scored as significant
+    low_quality: bool  # more than a quarter of the CAVs at chance: not tested
+    n_chance_cavs: int = 0  # CAVs below min_cav_accuracy, left out of the score
+    n_runs: int = 0
     scores: list[float]
     baseline: bool = False  # the random-random row
     examples_fingerprint: str | None = None
@@ -50,8 +52,10 @@ class TCAVResult(ck.Result):
         ]
         for r in self.rows:
             flag = "yes" if r.significant else "no "
-            quality = " (near chance: not scored)" if r.low_quality else ""
-            name = r.concept + (" [baseline]" if r.baseline else "")
+            quality = f" ({r.n_chance_cavs}/{r.n_runs} CAVs near chance, left out)" if r.n_chance_cavs else ""
+            if r.low_quality:
+                quality += " (near chance: not tested)"
+            name = r.concept
             lines.append(f"{name:<24} {r.site:<28} {r.mean:6.3f} {r.std:6.3f} {r.p_value:9.2e}  {flag}  {r.cav_accuracy:7.3f}{quality}")
         return "\n".join(lines)
 

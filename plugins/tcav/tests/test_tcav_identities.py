@@ -167,7 +167,7 @@ def test_near_chance_cavs_are_flagged_not_scored(vector_model):
     """A CAV whose held-out accuracy is near chance is flagged and never called significant."""
     model, config = _planted_model(vector_model, seed=2, null=True, n_concept=20, n_random=6)
     row = ck.method("tcav").run(model, config).row("planted")
-    assert row.cav_accuracy < 0.6 and row.low_quality and not row.significant
+    assert row.cav_accuracy < 0.6 and row.low_quality and not row.significant and row.n_chance_cavs > row.n_runs / 4
     assert "near chance" in ck.method("tcav").run(model, config).summary()
 
 
