@@ -37,7 +37,14 @@ def test_example_plugin_installs_lists_and_runs(tmp_path):
     py = env_dir / "bin" / "python"
     fresh_site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], dict(os.environ)).stdout.strip())
     shared = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).exists()]
-    (fresh_site / "zz_shared_deps.pth").write_text("\n".join(dict.fromkeys(shared)) + "\n")
+    lines = list(dict.fromkeys(shared))
+    # First-party plugins installed in editable mode are found through their own .pth files,
+    # which Python reads only in site directories: carry them over (not the core's: the fresh
+    # venv installs the core itself).
+    for directory in shared:
+        for pth in sorted(Path(directory).glob("__editable__.conceptkit_*.pth")):
+            lines += pth.read_text().splitlines()
+    (fresh_site / "zz_shared_deps.pth").write_text("\n".join(lines) + "\n")
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"

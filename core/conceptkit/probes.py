@@ -130,3 +130,24 @@ def fit_probe(
         standardized=bool(standardize),
         normalized=normalize,
     )
+
+
+def holdout_accuracy(
+    X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor, *, C: float = 1.0, max_iter: int = 500
+) -> float:
+    """Balanced held-out accuracy of a standardised logistic probe (chance = 0.5 for 2 classes).
+
+    For measuring whether a concept is linearly decodable from activations on examples the
+    probe never saw (e.g. before and after an erasure), with classes of any balance.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+
+    if len(set(y_train.tolist())) < 2:
+        raise InputError("the probe's training labels hold one class only")
+    scaler = StandardScaler().fit(X_train.double().numpy())
+    clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced")
+    clf.fit(scaler.transform(X_train.double().numpy()), y_train.numpy())
+    pred = clf.predict(scaler.transform(X_test.double().numpy()))
+    return float(balanced_accuracy_score(y_test.numpy(), pred))

@@ -341,6 +341,30 @@ class Model:
             return torch.cat(grads), torch.cat(acts)
         return torch.cat(grads)
 
+    def nll(
+        self,
+        inputs: Inputs,
+        interventions: Sequence[Any] = (),
+        *,
+        batch_size: int = 16,
+        padding_side: PaddingSide | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token negative log-likelihood (nats) summed per example, and tokens predicted.
+
+        ``nll.sum() / ln 2 / n_bytes`` is the bits-per-byte of a text collection.
+        """
+        totals, counts = [], []
+        for batch in self.batches(inputs, batch_size, padding_side):
+            with self._running(batch, interventions), torch.inference_mode():
+                logits = self._forward(batch).float()
+            logp = torch.log_softmax(logits[:, :-1], -1)
+            target = batch.input_ids[:, 1:].to(logp.device)
+            valid = (batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).to(logp.device).float()
+            nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * valid
+            totals.append(nll.sum(1).double().cpu())
+            counts.append(valid.sum(1).long().cpu())
+        return torch.cat(totals), torch.cat(counts)
+
     def generate(
         self,
         inputs: Inputs,

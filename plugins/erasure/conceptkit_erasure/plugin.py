@@ -1,0 +1,12 @@
+"""Entry-point module: registers the ``erasure`` method."""
+
+from __future__ import annotations
+
+import conceptkit as ck
+
+
+@ck.hookimpl
+def register_methods(register):  # type: ignore[no-untyped-def]
+    from conceptkit_erasure.method import Erasure
+
+    register(Erasure)

@@ -1,0 +1,97 @@
+"""UCE (Gandikota et al., 2024): closed-form editing of cross-attention key/value projections.
+
+For each projection ``W_old`` (``[d_out, d_text]``) the edit solves
+
+    min_W  Σ_e s_e ||W c_e - v*_e||² + Σ_p s_p ||W c_p - W_old c_p||² + λ ||W - W_old||²_F
+
+whose unique minimiser is ``W = (λ W_old + Σ s_e v*_e c_eᵀ + Σ s_p W_old c_p c_pᵀ)
+(λ I + Σ s_e c_e c_eᵀ + Σ s_p c_p c_pᵀ)⁻¹``. For erasure ``v*_e = W_old c_guide(e)``: the
+erased concept's keys and values become the guide's. Solved in float64, cast back; applied as
+reversible weight edits (undo restores the exact bits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from conceptkit.errors import InputError
+from conceptkit.handles import HandleGroup
+
+
+def uce_solve(
+    W_old: torch.Tensor,
+    edit_keys: torch.Tensor,
+    edit_targets: torch.Tensor,
+    preserve_keys: torch.Tensor | None = None,
+    *,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 1.0,
+    lamb: float = 0.5,
+) -> torch.Tensor:
+    """The UCE minimiser for one projection (``edit_targets`` are ``v*`` rows, ``[n_e, d_out]``)."""
+    W = W_old.double()
+    d_out, d_in = W.shape
+    C = edit_keys.double().reshape(-1, d_in)
+    V = edit_targets.double().reshape(-1, d_out)
+    if C.shape[0] != V.shape[0]:
+        raise InputError(f"{C.shape[0]} edit keys but {V.shape[0]} targets")
+    if lamb < 0:
+        raise InputError(f"lamb must be >= 0, got {lamb}")
+    mat1 = lamb * W + erase_scale * V.T @ C
+    mat2 = lamb * torch.eye(d_in, dtype=W.dtype) + erase_scale * C.T @ C
+    if preserve_keys is not None and preserve_keys.numel():
+        Pk = preserve_keys.double().reshape(-1, d_in)
+        mat1 = mat1 + preserve_scale * (W @ Pk.T) @ Pk
+        mat2 = mat2 + preserve_scale * Pk.T @ Pk
+    # W_new = mat1 mat2⁻¹, via a solve with the symmetric mat2 (lstsq copes with rank loss at λ=0)
+    solution = torch.linalg.lstsq(mat2, mat1.T).solution
+    return solution.T.to(W_old.dtype)
+
+
+def concept_embedding(model: Any, prompt: str) -> torch.Tensor:
+    """The text embedding UCE uses for a concept: the final hidden state at the last word token."""
+    pipe = getattr(model, "pipeline", None)
+    if pipe is None or getattr(pipe, "tokenizer", None) is None:
+        raise InputError("concept embeddings from prompts need a pipeline with a tokenizer; pass embeddings directly")
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = pipe.text_encoder(ids.input_ids)[0]
+    position = int(ids.attention_mask.sum()) - 2
+    return hidden[0, max(position, 0)]
+
+
+def uce_edit(
+    model: Any,
+    edit: torch.Tensor,
+    guide: torch.Tensor,
+    preserve: torch.Tensor | None = None,
+    *,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 1.0,
+    lamb: float = 0.5,
+    modules: tuple[str, ...] = ("to_k", "to_v"),
+) -> tuple[HandleGroup, dict[str, torch.Tensor]]:
+    """Edit every cross-attention projection of a :class:`DiffusersModel`.
+
+    ``edit``/``guide`` are ``[n, d_text]`` embeddings (row i of ``edit`` is mapped to row i of
+    ``guide``); ``preserve`` ``[m, d_text]``. Returns the undo handle and the new weights.
+    """
+    edit, guide = torch.as_tensor(edit), torch.as_tensor(guide)
+    if edit.shape != guide.shape:
+        raise InputError(f"edit embeddings {tuple(edit.shape)} and guide embeddings {tuple(guide.shape)} must have the same shape")
+    for name, t in (("edit", edit), ("guide", guide), ("preserve", preserve)):
+        if t is not None and not torch.isfinite(t).all():
+            raise InputError(f"{name} embeddings contain NaN or Inf")
+    projections = {s: m for s, m in model.cross_attention_projections().items() if s.endswith(modules)}
+    if not projections:
+        raise InputError(f"no cross-attention projections ending in {modules} in this model")
+    new = {}
+    for site, module in projections.items():
+        W_old = module.weight.detach()
+        if W_old.shape[1] != edit.shape[-1]:
+            raise InputError(f"{site} reads text embeddings of width {W_old.shape[1]}, the edit embeddings have width {edit.shape[-1]}")
+        targets = guide.to(W_old.dtype) @ W_old.T
+        new[site] = uce_solve(W_old, edit, targets, preserve, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb)
+    return model.set_projections(new), new

@@ -1,0 +1,94 @@
+"""UCE on a tiny random UNet: limits of the closed form, an independent solve, reversibility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import conceptkit as ck
+from conceptkit.errors import InputError
+from conceptkit_erasure.uce import uce_edit, uce_solve
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return ck.load_model("tiny-unet", backend="diffusers")
+
+
+def embeddings(n: int, d: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_small_lambda_maps_concept_to_guide_and_keeps_preserved(unet):
+    """λ -> 0 with fewer concept embeddings than the width: erased tokens' K/V equal the guide's,
+    preserved concepts' outputs are unchanged (<= 1e-4 relative)."""
+    edit, guide, preserve = embeddings(3, seed=1), embeddings(3, seed=2), embeddings(5, seed=3)
+    old = {s: m.weight.detach().clone() for s, m in unet.cross_attention_projections().items()}
+    handle, new = uce_edit(unet, edit, guide, preserve, lamb=1e-6)
+    try:
+        for site, module in unet.cross_attention_projections().items():
+            W = module.weight.detach()
+            assert rel(edit @ W.T, guide @ old[site].T) <= 1e-4, site
+            assert rel(preserve @ W.T, preserve @ old[site].T) <= 1e-4, site
+    finally:
+        handle.remove()
+    for site, module in unet.cross_attention_projections().items():
+        assert torch.equal(module.weight, old[site])  # undo restores the exact bits
+
+
+def test_larger_lambda_equals_an_independent_least_squares_solve():
+    """For λ = 0.5 the closed form equals a direct least-squares solve of the same objective."""
+    g = torch.Generator().manual_seed(0)
+    W_old = torch.randn(24, 32, generator=g, dtype=torch.float64)
+    C, Pk = torch.randn(4, 32, generator=g, dtype=torch.float64), torch.randn(6, 32, generator=g, dtype=torch.float64)
+    V = torch.randn(4, 24, generator=g, dtype=torch.float64)
+    lamb, se, sp = 0.5, 1.0, 0.7
+    W = uce_solve(W_old, C, V, Pk, lamb=lamb, erase_scale=se, preserve_scale=sp)
+    # Stack the objective as one linear least-squares problem in W (row by row):
+    # rows: sqrt(se) c_e -> sqrt(se) v_e ; sqrt(sp) c_p -> sqrt(sp) W_old c_p ; sqrt(λ) e_j -> sqrt(λ) W_old[:, j]
+    A = torch.cat([se**0.5 * C, sp**0.5 * Pk, lamb**0.5 * torch.eye(32, dtype=torch.float64)])
+    B = torch.cat([se**0.5 * V, sp**0.5 * Pk @ W_old.T, lamb**0.5 * W_old.T])
+    W_ls = torch.linalg.lstsq(A, B).solution.T
+    assert torch.allclose(W, W_ls, atol=1e-10)
+    # and the gradient of the objective vanishes there
+    grad = 2 * se * (W @ C.T - V.T) @ C + 2 * sp * (W - W_old) @ Pk.T @ Pk + 2 * lamb * (W - W_old)
+    assert grad.abs().max() < 1e-10
+
+
+def test_empty_edit_is_identity():
+    """No edit and no preserve concepts leave the weights unchanged."""
+    W_old = torch.randn(8, 16, dtype=torch.float64)
+    assert torch.allclose(uce_solve(W_old, torch.zeros(0, 16), torch.zeros(0, 8)), W_old)
+
+
+def test_edit_changes_cross_attention_for_the_erased_prompt_only(unet):
+    """The UNet output for the erased embedding moves to the guide's; a preserved one stays put."""
+    edit, guide, preserve = embeddings(1, seed=4), embeddings(1, seed=5), embeddings(4, seed=6)
+    torch.manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8)
+
+    def out(e):
+        with torch.no_grad():
+            return unet.unet(sample, 10, encoder_hidden_states=e[None]).sample
+
+    base_edit, base_guide, base_keep = out(edit), out(guide), out(preserve)
+    with uce_edit(unet, edit, guide, preserve, lamb=1e-6)[0]:
+        assert rel(out(edit), base_guide) < 1e-3
+        assert rel(out(preserve), base_keep) < 1e-3
+    assert torch.equal(out(edit), base_edit)
+
+
+def test_bad_input(unet):
+    """Mismatched shapes, wrong widths and NaNs are refused before any weight changes."""
+    before = {s: m.weight.detach().clone() for s, m in unet.cross_attention_projections().items()}
+    with pytest.raises(InputError, match="same shape"):
+        uce_edit(unet, embeddings(2), embeddings(3))
+    with pytest.raises(InputError, match="width 32, the edit embeddings have width 16"):
+        uce_edit(unet, embeddings(2, d=16), embeddings(2, d=16))
+    with pytest.raises(InputError, match="NaN"):
+        uce_edit(unet, torch.full((1, 32), float("nan")), embeddings(1))
+    assert all(torch.equal(m.weight, before[s]) for s, m in unet.cross_attention_projections().items())
