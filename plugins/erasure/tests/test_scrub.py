@@ -1,0 +1,65 @@
+"""Concept scrubbing through the erasure method: tiny models on both backends, stored erasers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import conceptkit as ck
+from conceptkit.errors import ConceptkitError, InputError
+from conceptkit.testing import assert_no_hook_leak
+from conceptkit_erasure.scrub import Scrubber
+
+
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
+def test_scrubbing_removes_the_concept_at_every_site(backend):
+    """On a tiny Llama, 'is a digit' is decodable before and at chance after, at every site."""
+    model = ck.load_model("tiny-llama", backend=backend)
+    with assert_no_hook_leak(model):
+        result = ck.method("erasure").run(model, {"token_property": "digit"})
+    assert len(result.sites) == 2 * model.n_layers and result.n_test_tokens >= 1000
+    for row in result.sites:
+        assert row.probe_accuracy_before > 0.9, row
+        assert abs(row.probe_accuracy_after - 0.5) <= 0.03, row
+        assert row.rank == 1
+    assert result.bits_per_byte_random is not None
+
+
+def test_erasers_are_stored_and_applied_from_the_store(ck_store):
+    """The erasers go to the store as one record; applying them from there matches the fit."""
+    model = ck.load_model("tiny-llama", backend="nnsight")
+    method = ck.method("erasure")
+    result = method.run(model, {"token_property": "digit"}, store=ck_store)
+    [record] = ck_store.find(method="erasure")
+    assert record.kind == "eraser" and record.metrics["max_probe_accuracy_after"] <= 0.53
+    tensors = ck_store.tensors(record.id)
+    assert set(tensors) == {f"{r.site}/{part}" for r in result.sites for part in ("proj_left", "proj_right", "bias")}
+    texts = ["Ticket 4521 costs 30 euros.", "The bus left at 9."]
+    fitted = Scrubber.from_tensors(result.tensors)
+    with method.apply(tensors, model):
+        from_store = model.run(texts)
+    with fitted.apply(model):
+        direct = model.run(texts)
+    assert torch.equal(from_store, direct) and not torch.equal(direct, model.run(texts))
+
+
+def test_eraser_for_another_width_is_refused():
+    """An eraser fitted for width d applied at a site of width d' is a clear error."""
+    small = ck.load_model("tiny-llama", backend="nnsight")
+    scrubber = ck.method("erasure").fit(small, {"sites": ["blocks.0.ln1.hook_out"]})
+    wide = Scrubber({"blocks.0.ln1.hook_out": type(next(iter(scrubber.erasers.values())))(
+        torch.zeros(32, 1, dtype=torch.float64), torch.zeros(1, 32, dtype=torch.float64), None)})
+    with pytest.raises(InputError, match="width 32 but the site's activations have width 64"):
+        with wide.apply(small):
+            small.run(["abc"])
+
+
+def test_bad_configs_store_nothing(ck_store):
+    """Mismatched labels or a single class: a clear error and the store unchanged."""
+    model = ck.load_model("tiny-llama", backend="nnsight")
+    texts = ["abc 12", "de 3"]
+    with pytest.raises(ConceptkitError, match="1 label lists for 2 texts"):
+        ck.method("erasure").run(model, {"texts": texts, "labels": [[0, 1]]}, store=ck_store)
+    with pytest.raises(ConceptkitError, match="one class only"):
+        ck.method("erasure").run(model, {"texts": texts * 4, "labels": [[0] * len(t) for t in texts * 4]}, store=ck_store)
+    assert len(ck_store) == 0
