@@ -62,19 +62,9 @@ class DiffusersModel(Model):
             from conceptkit.sites import unknown_site
 
             raise unknown_site(site, self.cross_attention_sites())
-        param = self._modules[site].weight
-        original = param.detach().clone()
-        new = fn(param.detach().clone())
-        if new.shape != param.shape or not torch.isfinite(new).all():
-            raise InputError(f"edit of {site!r} must keep shape {tuple(param.shape)} and be finite")
-        with torch.no_grad():
-            param.copy_(new)
+        from conceptkit.backends.weights import replace_parameter
 
-        def undo() -> None:
-            with torch.no_grad():
-                param.copy_(original)
-
-        return Handle(undo, f"edit {site}")
+        return replace_parameter(self._modules[site].weight, fn, repr(site))
 
     def set_projections(self, new_weights: dict[str, torch.Tensor]) -> HandleGroup:
         group = HandleGroup(description="cross-attention edit")

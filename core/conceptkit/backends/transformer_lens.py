@@ -21,7 +21,7 @@ from conceptkit.capabilities import Capability
 from conceptkit.data import Batch, PaddingSide
 from conceptkit.errors import InputError
 from conceptkit.handles import Handle
-from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites, parse
+from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites
 
 # Canonical kind -> bridge hook for post-LN BERT, where the bridge's pre-LN names differ.
 _BERT_SITES = {

@@ -20,6 +20,29 @@ from conceptkit.errors import InputError
 from conceptkit.handles import Handle
 
 
+def replace_parameter(
+    param: torch.nn.Parameter, fn: Callable[[torch.Tensor], torch.Tensor], what: str
+) -> Handle:
+    """Set ``param`` to ``fn(copy of param)`` in place; the handle restores the exact bits.
+
+    The new value must keep the shape and be finite, else nothing changes.
+    """
+    original = param.detach().clone()
+    new = fn(param.detach().clone())
+    if new.shape != param.shape:
+        raise InputError(f"edit of {what} produced shape {tuple(new.shape)}, expected {tuple(param.shape)}")
+    if new.is_floating_point() and not torch.isfinite(new).all():
+        raise InputError(f"edit of {what} produced NaN or Inf values; nothing changed")
+    with torch.no_grad():
+        param.copy_(new)
+
+    def undo() -> None:
+        with torch.no_grad():
+            param.copy_(original)
+
+    return Handle(undo, f"edit {what}")
+
+
 class Weights:
     """Per-role weight views of one HF-style module tree."""
 
@@ -125,21 +148,7 @@ class Weights:
     # -- edits ------------------------------------------------------------------------------------
     def edit(self, role: str, layer: int | None, fn: Callable[[torch.Tensor], torch.Tensor], kind: str = "weight") -> Handle:
         """Replace a parameter by ``fn(current)`` (HF layout); the handle restores the exact bits."""
-        param = self.parameter(role, layer, kind)
-        original = param.detach().clone()
-        new = fn(param.detach().clone())
-        if new.shape != param.shape:
-            raise InputError(f"edit of {role!r} produced shape {tuple(new.shape)}, expected {tuple(param.shape)}")
-        if new.is_floating_point() and not torch.isfinite(new).all():
-            raise InputError(f"edit of {role!r} at layer {layer} produced NaN or Inf values; nothing changed")
-        with torch.no_grad():
-            param.copy_(new)
-
-        def undo() -> None:
-            with torch.no_grad():
-                param.copy_(original)
-
-        return Handle(undo, f"edit {role}[{layer}]")
+        return replace_parameter(self.parameter(role, layer, kind), fn, f"{role!r} at layer {layer}")
 
     def rank_one_update(self, role: str, layer: int | None, u: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> Handle:
         """``W <- W + scale * u vᵀ`` with ``W`` in TL ``[in, out]`` layout (``u`` in, ``v`` out).

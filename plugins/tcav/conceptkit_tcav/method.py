@@ -35,21 +35,18 @@ def _pool(spec: str | list[str]) -> library.ConceptSet:
     return library.load(spec)
 
 
-def _objective(config: TCAVConfig) -> Any:
-    obj = dict(config.objective)
-    if config.gradient_of == "loss":
-        # TF convention: cross-entropy of the objective's (positive) token; counts S < 0.
-        token = obj.get("positive", obj.get("token"))
-        if token is None:
-            raise InputError("gradient_of='loss' needs an objective naming a token ('token' or 'positive')")
-        from conceptkit.objectives import TokenLogit, as_objective
+def _objective(config: TCAVConfig, model: ck.Model) -> Any:
+    """The scalar whose gradient TCAV uses; validated here, before any compute."""
+    from conceptkit.objectives import TokenLogit, as_objective
 
-        def loss(out: torch.Tensor, batch: Any, _fn: Any = None) -> torch.Tensor:
-            return -_fn(out, batch)
-
-        base = TokenLogit(token=token, log_prob=True)
-        return base, loss
-    return obj, None
+    if config.gradient_of == "target":
+        return as_objective(dict(config.objective), model)
+    # TF convention: the cross-entropy of the objective's (positive) token; S < 0 is counted.
+    token = config.objective.get("positive", config.objective.get("token"))
+    if token is None:
+        raise InputError("gradient_of='loss' needs an objective naming a token ('token' or 'positive')")
+    log_prob = as_objective(TokenLogit(token=token, log_prob=True), model)
+    return lambda out, batch: -log_prob(out, batch)
 
 
 class TCAV(ck.Method):
@@ -77,12 +74,7 @@ class TCAV(ck.Method):
         bonferroni = config.bonferroni if config.bonferroni is not None else test == "one_sample_0.5"
         threshold = config.alpha / 2 if bonferroni else config.alpha
 
-        # Objective (validated before any compute: a multi-token target fails here).
-        base, wrap = _objective(config)
-        from conceptkit.objectives import as_objective
-
-        fn = as_objective(base, model)
-        objective = (lambda out, batch: wrap(out, batch, fn)) if wrap else fn
+        objective = _objective(config, model)  # a multi-token target fails here, before compute
 
         # Examples: the concept sets and, for plain TCAV, disjoint random sets from the pool.
         randoms: list[library.ConceptSet] = []

@@ -197,3 +197,13 @@ def test_result_plots_and_saves_cavs(vector_model, ck_store, tmp_path):
     tensors = ck_store.tensors(record.id)
     assert tensors["cav_runs"].shape == (4, 64) and abs(float(tensors["cav"].norm()) - 1) < 1e-5
     assert record.method.config["n_random"] == 4 and record.model["name"] == "toy"
+
+
+def test_tf_loss_convention_counts_negative_derivatives(vector_model):
+    """gradient_of='loss' differentiates the cross-entropy and counts S < 0 (TF), and records it."""
+    model, config = _planted_model(vector_model, seed=0, null=False, n_random=4)
+    target = ck.method("tcav").run(model, dict(config, objective={"kind": "logit_diff", "positive": 0, "negative": 1}))
+    loss = ck.method("tcav").run(model, dict(config, objective={"kind": "logit_diff", "positive": 0, "negative": 1}, gradient_of="loss"))
+    assert loss.conventions["counted_sign"] == "S < 0" and target.conventions["counted_sign"] == "S > 0"
+    # With two classes, -d CE/dz_0 = (1 - p_0)(d z_0 - d z_1): same sign as the logit difference.
+    assert loss.row("planted").scores == target.row("planted").scores
