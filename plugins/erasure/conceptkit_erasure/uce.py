@@ -95,3 +95,29 @@ def uce_edit(
         targets = guide.to(W_old.dtype) @ W_old.T
         new[site] = uce_solve(W_old, edit, targets, preserve, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb)
     return model.set_projections(new), new
+
+
+def uce_draft(new_weights: dict[str, torch.Tensor], concept: str, model: Any, config: dict[str, Any] | None = None) -> Any:
+    """A store draft for an edit: the new projection weights by site (kind ``weight_edit``)."""
+    from conceptkit.store.record import MethodInfo, RecordDraft
+
+    return RecordDraft(
+        tensors={site: w.detach().cpu().contiguous() for site, w in new_weights.items()},
+        concept=concept,
+        description="UCE cross-attention edit: new to_k/to_v weights by module",
+        kind="weight_edit",
+        method=MethodInfo(name="uce", plugin="erasure", distribution="conceptkit-erasure", config=config or {}),
+        model=model.ref.model_dump(mode="json"),
+        tags=["uce", "erasure"],
+    )
+
+
+def apply_stored_edit(model: Any, tensors: dict[str, torch.Tensor]) -> HandleGroup:
+    """Apply stored UCE weights to a model of the same architecture (undo with the handle)."""
+    sites = set(model.cross_attention_sites())
+    unknown = sorted(set(tensors) - sites)
+    if unknown:
+        from conceptkit.sites import unknown_site
+
+        raise unknown_site(unknown[0], sorted(sites))
+    return model.set_projections(tensors)

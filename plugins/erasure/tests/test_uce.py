@@ -92,3 +92,18 @@ def test_bad_input(unet):
     with pytest.raises(InputError, match="NaN"):
         uce_edit(unet, torch.full((1, 32), float("nan")), embeddings(1))
     assert all(torch.equal(m.weight, before[s]) for s, m in unet.cross_attention_projections().items())
+
+
+def test_edit_is_storable_and_reapplied_from_the_store(unet, ck_store):
+    """The new weights go to the store; applying them from there reproduces the edit exactly."""
+    from conceptkit_erasure.uce import apply_stored_edit, uce_draft
+
+    old = {s: m.weight.detach().clone() for s, m in unet.cross_attention_projections().items()}
+    handle, new = uce_edit(unet, embeddings(2, seed=7), embeddings(2, seed=8), lamb=0.5)
+    handle.remove()
+    record = ck_store.put(uce_draft(new, "toy concept", unet, {"lamb": 0.5}))
+    assert record.kind == "weight_edit" and record.model["backend"] == "diffusers"
+    with apply_stored_edit(unet, ck_store.tensors(record.id)):
+        for site, module in unet.cross_attention_projections().items():
+            assert torch.equal(module.weight, new[site])
+    assert all(torch.equal(m.weight, old[s]) for s, m in unet.cross_attention_projections().items())
