@@ -35,12 +35,12 @@ def test_guardedness_identities(n_classes, options):
     eraser = LeaceFitter.fit(X, y, **options).eraser
     Xe = eraser(X)
     centred = Xe - Xe.mean(0)
-    lr = LogisticRegression(penalty=None, max_iter=1000, tol=1e-8).fit(centred.numpy(), y.numpy())
+    lr = LogisticRegression(C=np.inf, max_iter=1000, tol=1e-8).fit(centred.numpy(), y.numpy())
     assert np.abs(lr.coef_).max() < 1e-6
     if n_classes == 2:
         svm = LinearSVC(dual=False, intercept_scaling=1e6, tol=1e-8, max_iter=10000).fit(centred.numpy(), y.numpy())
         assert np.abs(svm.coef_).max() < 1e-6
-        before = LogisticRegression(penalty=None, max_iter=1000).fit((X - X.mean(0)).numpy(), y.numpy())
+        before = LogisticRegression(C=np.inf, max_iter=1000).fit((X - X.mean(0)).numpy(), y.numpy())
         assert np.abs(before.coef_).max() > 0.05
     means = torch.stack([Xe[y == c].mean(0) for c in range(n_classes)])
     assert torch.allclose(means, means[0].expand_as(means), atol=1e-8)
