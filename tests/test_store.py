@@ -289,3 +289,16 @@ def test_store_cli_commands(tmp_path, capsys):
     assert cli("rm", ids[0])[0] == 0 and len(store) == 2
     assert "imported 3" in cli("import", str(tmp_path / "b.tar"))[1] and len(store) == 3
     assert cli("gc")[0] == 0
+
+
+def test_default_location_and_overrides(tmp_path, monkeypatch):
+    """The default store lives in the platform's user data folder unless CONCEPTKIT_STORE says otherwise."""
+    import platformdirs
+
+    from conceptkit.store import default_path
+
+    monkeypatch.delenv("CONCEPTKIT_STORE", raising=False)
+    assert default_path() == Path(platformdirs.user_data_dir("conceptkit")) / "store"
+    monkeypatch.setenv("CONCEPTKIT_STORE", str(tmp_path / "env-store"))
+    assert ck.open_store().root == tmp_path / "env-store"
+    assert ck.open_store(tmp_path / "explicit").root == tmp_path / "explicit"
