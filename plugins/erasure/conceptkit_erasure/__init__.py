@@ -1,6 +1,22 @@
-"""Concept erasure for conceptkit: LEACE, concept scrubbing, UCE."""
+"""Concept erasure for conceptkit: LEACE, concept scrubbing, UCE.
 
-from conceptkit_erasure.leace import LeaceEraser, LeaceFitter, OracleEraser, OracleFitter, one_hot_labels
-from conceptkit_erasure.uce import apply_stored_edit, uce_draft, uce_edit, uce_solve
+Names load on first use, so registering the plugin (``conceptkit plugins``) imports no torch.
+"""
 
-__all__ = ["LeaceFitter", "LeaceEraser", "OracleFitter", "OracleEraser", "one_hot_labels", "uce_solve", "uce_edit", "uce_draft", "apply_stored_edit"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "LeaceFitter": "leace", "LeaceEraser": "leace", "OracleFitter": "leace", "OracleEraser": "leace", "one_hot_labels": "leace",
+    "uce_solve": "uce", "uce_edit": "uce", "uce_draft": "uce", "apply_stored_edit": "uce",
+    "Scrubber": "scrub", "fit_scrubber": "scrub",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'conceptkit_erasure' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"conceptkit_erasure.{_LAZY[name]}"), name)

@@ -2,6 +2,5 @@
 
 from conceptkit_tcav.config import TCAVConfig
 from conceptkit_tcav.method import TCAV
-from conceptkit_tcav.result import TCAVResult, TCAVRow
 
-__all__ = ["TCAV", "TCAVConfig", "TCAVResult", "TCAVRow"]
+__all__ = ["TCAV", "TCAVConfig"]

@@ -8,26 +8,28 @@ and gradients per experimental set.
 from __future__ import annotations
 
 import random
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 import conceptkit as ck
-from conceptkit import concepts as library
 from conceptkit.errors import InputError
-from conceptkit.probes import fit_probe
 from conceptkit_tcav.config import ConceptSpec, TCAVConfig
-from conceptkit_tcav.result import TCAVResult, TCAVRow
-from conceptkit_tcav.scores import anchor_p_value, directional_derivatives, p_value, run_scores
+
+if TYPE_CHECKING:  # the heavy modules (torch, sklearn) load when the method runs, not when listed
+    from conceptkit import concepts as library
+    from conceptkit_tcav.result import TCAVResult, TCAVRow
 
 
-def _concept(spec: str | ConceptSpec) -> library.ConceptSet:
+def _concept(spec: str | ConceptSpec) -> "library.ConceptSet":
+    from conceptkit import concepts as library
+
     if isinstance(spec, ConceptSpec):
         return library.from_examples(spec.name, spec.examples)
     return library.load(spec)
 
 
-def _pool(spec: str | list[str]) -> library.ConceptSet:
+def _pool(spec: str | list[str]) -> "library.ConceptSet":
+    from conceptkit import concepts as library
+
     if isinstance(spec, list):
         if not spec:
             raise InputError("the random pool is empty")
@@ -55,7 +57,14 @@ class TCAV(ck.Method):
     Config = TCAVConfig
     requires = frozenset({ck.Capability.GRADIENTS})
 
-    def compute(self, model: ck.Model, config: TCAVConfig, store: Any) -> TCAVResult:
+    def compute(self, model: ck.Model, config: TCAVConfig, store: Any) -> "TCAVResult":
+        import torch
+
+        from conceptkit import concepts as library
+        from conceptkit.probes import fit_probe
+        from conceptkit_tcav.result import TCAVResult
+        from conceptkit_tcav.scores import directional_derivatives, run_scores
+
         concept_sets = [_concept(c) for c in config.concepts]
         names = [c.name for c in concept_sets]
         if len(set(names)) != len(names):
@@ -77,7 +86,7 @@ class TCAV(ck.Method):
         objective = _objective(config, model)  # a multi-token target fails here, before compute
 
         # Examples: the concept sets and, for plain TCAV, disjoint random sets from the pool.
-        randoms: list[library.ConceptSet] = []
+        randoms: list = []
         if not config.relative:
             pool = _pool(config.random_pool)
             concept_texts = {e for c in concept_sets for e in c.examples}
@@ -112,7 +121,7 @@ class TCAV(ck.Method):
             "magnitude": "magnitude_mean = mean(S) (captum >= 0.5); magnitude_ratio = sum|S+|/sum|S|",
         }
 
-        def rows_of(c: library.ConceptSet, site_acts: torch.Tensor) -> torch.Tensor:
+        def rows_of(c: Any, site_acts: torch.Tensor) -> torch.Tensor:
             return site_acts[[position[e] for e in c.examples]]
 
         for site in config.sites:
@@ -165,7 +174,12 @@ class TCAV(ck.Method):
     @staticmethod
     def _row(name: str, site: str, runs: list, baseline: list[float] | None, test: str, config: TCAVConfig,
              threshold: float, is_baseline: bool = False, fp: str | None = None,
-             anchor_means: list[float] | None = None) -> TCAVRow:
+             anchor_means: list[float] | None = None) -> "TCAVRow":
+        import torch
+
+        from conceptkit_tcav.result import TCAVRow
+        from conceptkit_tcav.scores import anchor_p_value, p_value
+
         accs = [a for _, _, a in runs]
         mean_acc = float(sum(accs) / len(accs))
         # A CAV at chance is noise: it is flagged and left out of the score, never silently
