@@ -283,3 +283,28 @@ def test_diffusers_unet_cross_attention_edit_is_reversible(models):
     with torch.no_grad():
         assert torch.equal(model.unet(sample, 10, encoder_hidden_states=emb).sample, base)
     assert model.hook_registry() == before
+
+
+def test_diffusers_text_encoder_sites_capture():
+    """Text-encoder layer outputs are sites of a pipeline, captured like any other site."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from conceptkit.backends.diffusers import DiffusersModel
+    from conceptkit.models import char_tokenizer
+
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)).eval()
+    unet = ck.load_model("tiny-unet", backend="diffusers").unet
+    model = DiffusersModel(SimpleNamespace(unet=unet, text_encoder=encoder, tokenizer=char_tokenizer()))
+    te_sites = model.text_encoder_sites()
+    assert len(te_sites) == 2 and te_sites[-1].endswith("encoder.layers.1")
+    before = model.hook_registry()
+    acts = model.capture(["a cat", "an astronaut riding"], te_sites, reduce="all")
+    assert model.hook_registry() == before
+    with torch.no_grad():  # (transformers installs its own hooks for output_hidden_states)
+        ids = model.tokenize(["a cat", "an astronaut riding"])
+        hidden = encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask, output_hidden_states=True).hidden_states
+    assert torch.allclose(acts[te_sites[1]], hidden[2][ids.attention_mask.bool()], atol=1e-6)

@@ -9,6 +9,7 @@ the text encoder's layers. Sites are raw module paths (``unet.<path>`` or
 from __future__ import annotations
 
 import importlib.metadata as md
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -17,6 +18,7 @@ import torch
 from conceptkit.backends import module_hooks
 from conceptkit.backends.base import Model, ModelRef, SiteFn
 from conceptkit.capabilities import Capability
+from conceptkit.data import Batch
 from conceptkit.errors import InputError
 from conceptkit.handles import Handle, HandleGroup
 
@@ -38,7 +40,20 @@ class DiffusersModel(Model):
             self._modules.update({f"text_encoder.{n}": m for n, m in self.text_encoder.named_modules() if n})
 
     def sites(self) -> list[str]:
-        return self.cross_attention_sites()
+        """Cross-attention K/V projections, then the text encoder's layer outputs."""
+        return self.cross_attention_sites() + self.text_encoder_sites()
+
+    def text_encoder_sites(self) -> list[str]:
+        """``text_encoder.<...>encoder.layers.<i>`` (transformers 5 drops the ``text_model``
+        wrapper that transformers 4 had; both are found by suffix: hook_points.md §8)."""
+        pattern = re.compile(r"^text_encoder\.(?:.*\.)?encoder\.layers\.\d+$")
+        return [n for n in self._modules if pattern.match(n)]
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        """Run the text encoder on token ids (the UNet needs latents and a timestep: call it directly)."""
+        if self.text_encoder is None:
+            raise InputError("this diffusers model has no text encoder to run; hook the UNet and call it directly")
+        return self.text_encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
 
     def cross_attention_sites(self) -> list[str]:
         """``unet.<path>.attn2.to_k`` / ``to_v`` modules, in module order."""
