@@ -55,9 +55,10 @@ def concept_embedding(model: Any, prompt: str) -> torch.Tensor:
     pipe = getattr(model, "pipeline", None)
     if pipe is None or getattr(pipe, "tokenizer", None) is None:
         raise InputError("concept embeddings from prompts need a pipeline with a tokenizer; pass embeddings directly")
-    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    max_length = min(int(pipe.tokenizer.model_max_length), 77)  # CLIP's context
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     with torch.no_grad():
-        hidden = pipe.text_encoder(ids.input_ids)[0]
+        hidden = pipe.text_encoder(input_ids=ids.input_ids, attention_mask=ids.attention_mask)[0]
     position = int(ids.attention_mask.sum()) - 2
     return hidden[0, max(position, 0)]
 

@@ -107,3 +107,27 @@ def test_edit_is_storable_and_reapplied_from_the_store(unet, ck_store):
         for site, module in unet.cross_attention_projections().items():
             assert torch.equal(module.weight, new[site])
     assert all(torch.equal(m.weight, old[s]) for s, m in unet.cross_attention_projections().items())
+
+
+def test_concept_embeddings_come_from_the_pipeline_text_encoder(unet):
+    """With a pipeline, a concept's key is the text encoder's state at the last word token."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from conceptkit.backends.diffusers import DiffusersModel
+    from conceptkit.models import char_tokenizer
+    from conceptkit_erasure.uce import concept_embedding
+
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, max_position_embeddings=77, pad_token_id=0, eos_token_id=2)).eval()
+    tok = char_tokenizer()
+    model = DiffusersModel(SimpleNamespace(unet=unet.unet, text_encoder=encoder, tokenizer=tok))
+    emb = concept_embedding(model, "van gogh")
+    ids = tok(["van gogh"], return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(input_ids=ids.input_ids)[0]
+    assert torch.allclose(emb, hidden[0, len("van gogh") - 2], atol=1e-5)
+    handle, _ = uce_edit(model, emb[None], concept_embedding(model, "a painting")[None], lamb=0.1)
+    handle.remove()
