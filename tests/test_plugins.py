@@ -264,3 +264,9 @@ def test_third_party_named_model_is_loadable():
         with pytest.raises(ck.ConceptkitError, match="not available for backend 'transformer_lens'"):
             ck.load_model("toy-model", backend="transformer_lens")
     assert loaded == ["nnsight"]
+
+
+def test_helpers_named_like_hooks_are_not_mistaken_for_hooks(fake_distribution):
+    """Only functions marked with conceptkit.hookimpl count as hook implementations."""
+    fake_distribution("ck-helper", "ck_helper", GOOD + "\n\ndef register_everything_helper():\n    pass\n")
+    assert _quiet_failures() == [] and "good" in ck.methods()

@@ -102,11 +102,11 @@ class PluginManager:
     # -- loading -------------------------------------------------------------------------
     def _add(self, plugin: object, name: str, dist: str | None, version: str | None) -> bool:
         specs = set(self._pm.hook.__dict__)
+        # Functions carrying the ``conceptkit.hookimpl`` marker whose name is not a hook spec.
         unknown = [
             attr
             for attr in dir(plugin)
-            if attr.startswith("register_") or attr == "record_saved"
-            if callable(getattr(plugin, attr, None)) and attr not in specs
+            if hasattr(getattr(plugin, attr, None), "conceptkit_impl") and attr not in specs
         ]
         if unknown:
             self._early_failures.append(
