@@ -257,6 +257,10 @@ class LocalStore:
                 self._index_rows(db, record, tensors)
                 results[record.id] = record
             db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+        if len(results) >= 1000:
+            # Fold a bulk load's write-ahead log back into the database file (it would otherwise
+            # stay on disk at the size of the load until the next automatic checkpoint).
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         out = []
         for record, _, _ in prepared:
             out.append(results.get(record.id) or self.get(record.id))
