@@ -168,3 +168,16 @@ def test_console_script_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "conceptkit.cli", "plugins", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["plugins"][0]["name"] == "conceptkit"
+
+
+def test_example_configs_validate():
+    """The example configs in docs/examples validate against their methods' Config schemas."""
+    from pathlib import Path
+
+    from conceptkit.config_io import load_config_file
+    from conceptkit.contract import validate_config
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    for name in ("tcav", "erasure"):
+        method = ck.method(name)
+        validate_config(method.Config, load_config_file(root / f"{name}.yaml"), name)
