@@ -127,7 +127,7 @@ class PluginManager:
         self._loaded_entry_points = True
         from conceptkit import _builtin
 
-        self._add(_builtin, CORE_PLUGIN, "conceptkit", _dist_version("conceptkit"))
+        self._add(_builtin, CORE_PLUGIN, "conceptkit", dist_version("conceptkit"))
         allow, deny = _split_env(LOAD_ENV), _split_env(DISABLE_ENV) or set()
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else None
@@ -207,7 +207,8 @@ class PluginManager:
             self._registry = None
 
 
-def _dist_version(dist: str) -> str | None:
+def dist_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or ``None`` (for provenance)."""
     try:
         return md.version(dist)
     except md.PackageNotFoundError:

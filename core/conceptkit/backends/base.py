@@ -58,6 +58,13 @@ class _GradCollector:
         return leaf
 
 
+def _is_token_input(inputs: Any) -> bool:
+    """Token ids given directly: a ``Batch``, a dict or a tokenizer ``BatchEncoding``."""
+    if isinstance(inputs, (Batch, dict)):
+        return True
+    return hasattr(inputs, "input_ids") and not isinstance(inputs, (str, list, tuple))
+
+
 class Model:
     """A model wrapped by a backend. Create through :func:`conceptkit.wrap` or ``load_model``."""
 
@@ -137,7 +144,7 @@ class Model:
         side = padding_side or self.padding_side
         if isinstance(inputs, Batch):
             return inputs
-        if isinstance(inputs, dict) or hasattr(inputs, "input_ids") and not isinstance(inputs, str):
+        if _is_token_input(inputs):
             ids = torch.as_tensor(inputs["input_ids"])
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else inputs["attention_mask"]
             if mask is None:
@@ -171,7 +178,7 @@ class Model:
         """Split inputs into batches; each is padded only to its own longest example."""
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        if isinstance(inputs, (Batch, dict)) or hasattr(inputs, "input_ids") and not isinstance(inputs, (str, list, tuple)):
+        if _is_token_input(inputs):
             full = self.tokenize(inputs, padding_side)
             for start in range(0, len(full), batch_size):
                 sl = slice(start, start + batch_size)

@@ -8,7 +8,6 @@ the text encoder's layers. Sites are raw module paths (``unet.<path>`` or
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -109,16 +108,13 @@ class DiffusersModel(Model):
     @property
     def ref(self) -> ModelRef:
         from conceptkit.backends.hf import weights_hash
+        from conceptkit.plugin_manager import dist_version
 
-        try:
-            version = md.version("diffusers")
-        except md.PackageNotFoundError:
-            version = None
         return ModelRef(
             name=self.name,
             weights_hash=weights_hash(self.unet),
             backend=self.backend_name,
-            backend_version=version,
+            backend_version=dist_version("diffusers"),
             dtype=str(next(self.unet.parameters()).dtype).removeprefix("torch."),
             architecture=type(self.unet).__name__,
         )

@@ -9,7 +9,6 @@ but not nnsight's remote execution, which it does not declare.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +21,7 @@ from conceptkit.capabilities import Capability
 from conceptkit.data import Batch, PaddingSide
 from conceptkit.errors import InputError
 from conceptkit.handles import Handle
+from conceptkit.plugin_manager import dist_version
 from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites, parse
 
 
@@ -117,11 +117,8 @@ class HFModel(Model):
     def weights(self) -> Weights:
         return self._weights
 
-    def _backend_version(self) -> str | None:
-        try:
-            return md.version("transformers")
-        except md.PackageNotFoundError:
-            return None
+    #: distribution whose version goes into ``ref.backend_version``
+    backend_distribution: ClassVar[str] = "transformers"
 
     @property
     def ref(self) -> ModelRef:
@@ -132,7 +129,7 @@ class HFModel(Model):
                 revision=getattr(self._cfg, "_commit_hash", None),
                 weights_hash=weights_hash(self.hf),
                 backend=self.backend_name,
-                backend_version=self._backend_version(),
+                backend_version=dist_version(self.backend_distribution),
                 dtype=str(param.dtype).removeprefix("torch."),
                 architecture=type(self.hf).__name__,
             )
@@ -154,11 +151,7 @@ class NNsightModel(HFModel):
         tok = tokenizer if tokenizer is not None else getattr(nn_model, "tokenizer", None)
         super().__init__(hf_model, tok, name, padding_side)
 
-    def _backend_version(self) -> str | None:
-        try:
-            return md.version("nnsight")
-        except md.PackageNotFoundError:
-            return None
+    backend_distribution: ClassVar[str] = "nnsight"
 
 
 class TransformersBackend:

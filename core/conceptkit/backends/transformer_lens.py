@@ -8,7 +8,6 @@ mean other tensors (hook_points.md §4); those sites are remapped or not listed.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +20,7 @@ from conceptkit.capabilities import Capability
 from conceptkit.data import Batch, PaddingSide
 from conceptkit.errors import InputError
 from conceptkit.handles import Handle
+from conceptkit.plugin_manager import dist_version
 from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites
 
 # Canonical kind -> bridge hook for post-LN BERT, where the bridge's pre-LN names differ.
@@ -129,17 +129,12 @@ class TransformerLensModel(Model):
             # The bridge's BERT MLM head is randomly initialised (hook_points.md §4): return the
             # last layer output, never those logits.
             out: dict[str, torch.Tensor] = {}
-            last = self._map[f"blocks.{self.n_layers - 1}.hook_resid_post"]
 
-            def keep(act: torch.Tensor, hook: Any) -> None:
+            def keep(act: torch.Tensor) -> None:
                 out["h"] = act
 
-            handle = self._hook_dict[last].add_hook(keep)
-            try:
+            with self._attach(f"blocks.{self.n_layers - 1}.hook_resid_post", keep):
                 self.tl(batch.input_ids, attention_mask=batch.attention_mask, return_type=None, **self._positions(batch))
-            finally:
-                handle.hook.remove()
-                self._hook_dict[last].fwd_hooks.remove(handle)
             return out["h"]
         return self.tl(batch.input_ids, attention_mask=batch.attention_mask, return_type="logits", **self._positions(batch))
 
@@ -159,17 +154,13 @@ class TransformerLensModel(Model):
     @property
     def ref(self) -> ModelRef:
         if self._ref is None:
-            try:
-                version = md.version("transformer-lens")
-            except md.PackageNotFoundError:
-                version = None
             module = self.hf if self.hf is not None else self.tl
             compat = bool(getattr(self.tl, "compatibility_mode", False))
             self._ref = ModelRef(
                 name=self.name,
                 weights_hash=weights_hash(module),
                 backend=self.backend_name,
-                backend_version=version,
+                backend_version=dist_version("transformer-lens"),
                 dtype=str(self.tl.cfg.dtype).removeprefix("torch."),
                 architecture=type(self.hf).__name__ if self.hf is not None else type(self.tl).__name__,
                 processing="compatibility_mode" if compat else "none",

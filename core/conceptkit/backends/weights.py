@@ -69,10 +69,14 @@ class Weights:
             raise InputError(f"{role!r} at layer {layer} has no {kind}")
         return param
 
-    def _matrix(self, role: str, layer: int | None) -> torch.Tensor:
-        """``[in, out]`` view of a linear map's weight (transposing nn.Linear, not Conv1D)."""
-        w = self.parameter(role, layer)
+    def _in_out(self, role: str, w: torch.Tensor) -> torch.Tensor:
+        """Switch a stored weight to ``[in, out]`` and back (an involution): nn.Linear stores
+        ``[out, in]``, GPT-2's Conv1D already ``[in, out]`` (its embeddings are plain tables)."""
         return w if self.family.conv1d and role not in ("unembed", "embed") else w.T
+
+    def _matrix(self, role: str, layer: int | None) -> torch.Tensor:
+        """``[in, out]`` view of a linear map's weight."""
+        return self._in_out(role, self.parameter(role, layer))
 
     # -- reads (TL layout) ------------------------------------------------------------------------
     def _qkv(self, which: str, layer: int) -> torch.Tensor:
@@ -156,11 +160,8 @@ class Weights:
         For ``out`` (the MLP down-projection, ``[d_mlp, d]``) ``u`` is a key and ``v`` a value,
         the form rank-one editors (ROME, ROCR) use.
         """
-        transposed = not (self.family.conv1d and role not in ("unembed", "embed"))
-
         def fn(w: torch.Tensor) -> torch.Tensor:
-            outer = scale * torch.outer(u.to(w.dtype).reshape(-1), v.to(w.dtype).reshape(-1))
-            outer = outer.T if transposed else outer
+            outer = self._in_out(role, scale * torch.outer(u.to(w.dtype).reshape(-1), v.to(w.dtype).reshape(-1)))
             if outer.shape != w.shape:
                 raise InputError(
                     f"rank-one update of {role!r}: u has {u.numel()} and v {v.numel()} entries, "
@@ -173,7 +174,7 @@ class Weights:
     def project_out(self, role: str, layer: int | None, direction: torch.Tensor, side: str = "out") -> Handle:
         """Remove ``direction`` from the output (``side="out"``) or input space of a linear map."""
         def fn(w: torch.Tensor) -> torch.Tensor:
-            m = w if (self.family.conv1d and role not in ("unembed", "embed")) else w.T  # [in, out]
+            m = self._in_out(role, w)
             d = direction.to(w.dtype).reshape(-1)
             d = d / d.norm()
             if side == "out":
@@ -182,7 +183,7 @@ class Weights:
                 m = m - torch.outer(d, d @ m)
             else:
                 raise InputError(f"side must be 'in' or 'out', got {side!r}")
-            return m if (self.family.conv1d and role not in ("unembed", "embed")) else m.T
+            return self._in_out(role, m)
 
         return self.edit(role, layer, fn)
 

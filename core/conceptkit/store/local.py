@@ -152,7 +152,8 @@ class LocalStore:
         return self.root / "blobs" / record_id[:2] / f"{record_id}.safetensors"
 
     # -- writes -------------------------------------------------------------------------------
-    def _prepare(self, draft: RecordDraft | dict[str, Any]) -> tuple[Record, bytes]:
+    def _prepare(self, draft: RecordDraft | dict[str, Any]) -> tuple[Record, bytes, dict[str, torch.Tensor]]:
+        """Validate a draft once; return its manifest, its safetensors bytes and its tensors."""
         if not isinstance(draft, RecordDraft):
             try:
                 draft = RecordDraft.model_validate(draft)
@@ -180,7 +181,7 @@ class LocalStore:
             conceptkit_version=__version__,
             blob_sha256=hashlib.sha256(blob).hexdigest(),
         )
-        return record, blob
+        return record, blob, draft.tensors
 
     def _write_blob(self, record: Record, blob: bytes, sync: bool = True) -> Path:
         tmp = self.root / "tmp" / f"{record.id}.{uuid.uuid4().hex}.tmp"
@@ -228,11 +229,7 @@ class LocalStore:
 
         Every blob is durable (fsynced, directories too) before the transaction commits.
         """
-        prepared = []
-        for d in drafts:
-            record, blob = self._prepare(d)
-            tensors = d.tensors if isinstance(d, RecordDraft) else RecordDraft.model_validate(d).tensors
-            prepared.append((record, blob, tensors))
+        prepared = [self._prepare(d) for d in drafts]
         if not prepared:
             return []
         existing = self._existing([r.id for r, _, _ in prepared])

@@ -88,7 +88,7 @@ class Erasure(ck.ArtifactMethod):
 
         scrubber = fit_scrubber(model, train_texts, [labels[i] for i in train_idx], sites, batch_size=config.batch_size, **self._leace(config))
         result = ErasureResult(
-            concept=config.concept or config.token_property if config.labels is None else (config.concept or "concept"),
+            concept=config.concept or (config.token_property if config.labels is None else "concept"),
             n_train_tokens=len(train_z), n_test_tokens=len(test_z), positive_fraction=float((test_z > 0).double().mean()),
         )
         erase = scrubber.interventions()
@@ -108,7 +108,7 @@ class Erasure(ck.ArtifactMethod):
                     mean_sq_change=float(change),
                     mean_sq_norm=float(before_te[site].double().pow(2).sum(-1).mean()),
                 ))
-        if model.capabilities and getattr(model, "is_encoder", False) is False:
+        if not getattr(model, "is_encoder", False):  # bits per byte needs next-token logits
             result.bits_per_byte_before = bits_per_byte(model, test_texts, [], config.batch_size)
             result.bits_per_byte_after = bits_per_byte(model, test_texts, erase, config.batch_size)
             if config.random_baseline:

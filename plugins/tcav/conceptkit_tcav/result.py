@@ -8,6 +8,7 @@ from typing import Any
 import pydantic
 
 import conceptkit as ck
+from conceptkit.plugin_manager import dist_version
 from conceptkit.store.record import MethodInfo, RecordDraft
 
 
@@ -109,7 +110,7 @@ class TCAVResult(ck.Result):
                     description=f"TCAV concept activation vector ({self.conventions.get('mode')})",
                     kind="cav",
                     examples_fingerprint=r.examples_fingerprint,
-                    method=MethodInfo(name="tcav", plugin="tcav", distribution="conceptkit-tcav", version=_version(), config=self.config),
+                    method=MethodInfo(name="tcav", plugin="tcav", distribution="conceptkit-tcav", version=dist_version("conceptkit-tcav"), config=self.config),
                     model=self.model_ref,
                     site=r.site,
                     reduction=self.conventions.get("reduction"),
@@ -128,11 +129,3 @@ class TCAVResult(ck.Result):
             )
         return out
 
-
-def _version() -> str | None:
-    import importlib.metadata as md
-
-    try:
-        return md.version("conceptkit-tcav")
-    except md.PackageNotFoundError:
-        return None
