@@ -20,6 +20,7 @@ from typing import Any
 import pluggy
 
 from conceptkit import hookspecs
+from conceptkit._dist import dist_version  # re-exported for plugins written before _dist
 from conceptkit.errors import PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "conceptkit"
@@ -205,14 +206,6 @@ class PluginManager:
             self._early_failures = [f for f in self._early_failures if f.plugin != name]
             self._dists.pop(name, None)
             self._registry = None
-
-
-def dist_version(dist: str) -> str | None:
-    """The installed version of distribution ``dist``, or ``None`` (for provenance)."""
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
 
 
 def _make_register(hook_name: str, reg: Registry, info: PluginInfo, added: list[Any]) -> Callable[..., None]:

@@ -108,7 +108,7 @@ class DiffusersModel(Model):
     @property
     def ref(self) -> ModelRef:
         from conceptkit.backends.hf import weights_hash
-        from conceptkit.plugin_manager import dist_version
+        from conceptkit._dist import dist_version
 
         return ModelRef(
             name=self.name,

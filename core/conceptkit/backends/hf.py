@@ -21,7 +21,7 @@ from conceptkit.capabilities import Capability
 from conceptkit.data import Batch, PaddingSide
 from conceptkit.errors import InputError
 from conceptkit.handles import Handle
-from conceptkit.plugin_manager import dist_version
+from conceptkit._dist import dist_version
 from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites, parse
 
 
