@@ -1,0 +1,189 @@
+"""Computing a ROCR edit on a model: target value, keys, the sequential per-layer solve.
+
+Follows ``apply_rocr_to_model`` of the reference (Acruxos/ORT) step by step (methods/rocr.md §3):
+``z`` is the block-``z_layer`` output at the harmless concept's last token in context template 0;
+for each edit layer in order, the key is the ``down_proj`` input at the target's last token
+averaged over the context templates, the current value ``h`` is read with the earlier layers
+already edited, the residual ``(z - h) / (L - i)`` is spread over the remaining layers, and the
+update is the null-space-constrained closed form (:mod:`conceptkit_rocr.solve`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from conceptkit.errors import InputError
+from conceptkit.handles import Handle, HandleGroup  # TODO(public-surface)
+from conceptkit_rocr.solve import rocr_update
+from conceptkit_rocr.templates import REQUEST, SLOT, context_templates, pad_right, subject_prefix_ids
+
+ROLE = "out"  # the MLP down-projection (TL W_out [d_mlp, d])
+
+
+@dataclass
+class LayerFactors:
+    layer: int
+    left: torch.Tensor  # w [d_mlp]: ΔW_out (TL [in, out]) = outer(left, right)
+    right: torch.Tensor  # R [d]
+    key: torch.Tensor  # k [d_mlp] of the edited model (feeds C_prev of later sequential edits)
+    residual_norm: float = 0.0  # ||z - h|| before this layer's update
+
+    @property
+    def delta_norm(self) -> float:
+        return float(self.left.double().norm() * self.right.double().norm())
+
+
+@dataclass
+class RocrEdit:
+    """The artifact: rank-one factors per layer, applied to ``W_out`` of each edit layer."""
+
+    target: str
+    harmless: str
+    layers: list[int]
+    z_layer: int
+    factors: list[LayerFactors]
+    templates_kind: str = "chat"
+    base_hash: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for f in self.factors:
+            out[f"layer_{f.layer}.left"] = f.left.float().reshape(-1, 1).contiguous()
+            out[f"layer_{f.layer}.right"] = f.right.float().reshape(-1, 1).contiguous()
+            out[f"layer_{f.layer}.key"] = f.key.float().contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], **kwargs: Any) -> "RocrEdit":
+        layers = sorted({int(k.split(".")[0].removeprefix("layer_")) for k in tensors})
+        factors = [LayerFactors(l, tensors[f"layer_{l}.left"].reshape(-1), tensors[f"layer_{l}.right"].reshape(-1), tensors[f"layer_{l}.key"]) for l in layers]
+        kwargs.setdefault("target", "")
+        kwargs.setdefault("harmless", "")
+        kwargs.setdefault("z_layer", layers[-1])
+        return cls(layers=layers, factors=factors, **kwargs)
+
+    def apply(self, model: Any) -> Handle:
+        """Add every layer's rank-one update to the model; the handle restores the exact bits."""
+        return apply_factors(model, [(f.layer, f.left, f.right) for f in self.factors])
+
+    def C(self) -> dict[int, torch.Tensor]:
+        """``k kᵀ`` per layer: what this edit adds to ``C_prev`` of a later sequential edit."""
+        return {f.layer: torch.outer(f.key.double(), f.key.double()) for f in self.factors}
+
+
+def apply_factors(model: Any, factors: list[tuple[int, torch.Tensor, torch.Tensor]]) -> Handle:
+    """``W_out[l] += outer(left, right)`` in TL layout for each factor (Conv1D vs Linear by the core)."""
+    # TODO(public-surface): switch to ck.WeightEditSet / model.apply_edit when conceptkit.edits lands.
+    group = HandleGroup(description=f"rocr edit of {len(factors)} layer(s)")
+    try:
+        for layer, left, right in factors:
+            group.add(model.weights.rank_one_update(ROLE, layer, left.reshape(-1), right.reshape(-1)))
+    except BaseException:
+        group.remove()
+        raise
+    return group
+
+
+# -- reads -----------------------------------------------------------------------------------------
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def read_at_subject(model: Any, templates: list[str], subject: str, site: str, batch_size: int = 16) -> torch.Tensor:
+    """Activations ``[len(templates), d]`` at ``site`` at the last token of ``subject``."""
+    rows = [subject_prefix_ids(model.tokenizer, t, subject) for t in templates]
+    acts = model.capture(pad_right(rows, _pad_id(model.tokenizer)), [site], reduce="last", batch_size=batch_size)
+    return acts[site].double()
+
+
+def resid_site(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def key_site(layer: int) -> str:
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def target_value(model: Any, harmless: str, templates: list[str], z_layer: int, mode: str, *, target: str = "", seed: int = 0, reject: dict | None = None) -> torch.Tensor:
+    """``z``: the harmless concept's block output (``unrelated``), an optimised one (``reject``),
+    or a random vector with the norm of the reject value (``noise``)."""
+    if mode == "unrelated":
+        return read_at_subject(model, templates[:1], harmless, resid_site(z_layer))[0]
+    if mode in ("reject", "noise"):
+        from conceptkit_rocr.reject import reject_value
+
+        z = reject_value(model, target, templates, z_layer, **(reject or {}))
+        if mode == "reject":
+            return z
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(z.shape, generator=g, dtype=torch.float64)
+        factor = float((reject or {}).get("clamp_norm_factor", 1.0))
+        return noise * (z.norm() * factor / noise.norm())
+    raise InputError(f"mode must be 'unrelated', 'reject' or 'noise', got {mode!r}")
+
+
+def compute_edit(
+    model: Any,
+    target: str,
+    harmless: str,
+    layers: list[int],
+    projectors: dict[int, torch.Tensor] | None = None,
+    *,
+    z_layer: int | None = None,
+    l2: float = 1.0,
+    mode: str = "unrelated",
+    value_context: str = "bare",
+    templates: str = "auto",
+    C_prev: dict[int, torch.Tensor] | None = None,
+    seed: int = 0,
+    reject: dict | None = None,
+    batch_size: int = 16,
+) -> RocrEdit:
+    """The ROCR edit of ``target`` -> ``harmless`` (the model is left unchanged)."""
+    if not layers:
+        raise InputError("layers must not be empty")
+    if any(b != a + 1 for a, b in zip(layers, layers[1:])):
+        raise InputError(f"ROCR edits consecutive layers; got {layers}")
+    if layers[0] < 0 or layers[-1] >= model.n_layers:
+        raise InputError(f"layers {layers} out of range for a model with {model.n_layers} layers")
+    z_layer = layers[-1] if z_layer is None else z_layer
+    if value_context not in ("bare", "templates"):
+        raise InputError(f"value_context must be 'bare' or 'templates', got {value_context!r}")
+    ctx, kind = context_templates(model.tokenizer, templates)
+    z = target_value(model, harmless, ctx, z_layer, mode, target=target, seed=seed, reject=reject)
+    value_templates = [SLOT] if value_context == "bare" else ctx
+    base_hash = model.ref.weights_hash
+    factors: list[LayerFactors] = []
+    applied = HandleGroup(description="rocr solve")
+    try:
+        for i, layer in enumerate(layers):
+            k = read_at_subject(model, ctx, target, key_site(layer), batch_size).mean(0)
+            h = read_at_subject(model, value_templates, target, resid_site(z_layer), batch_size).mean(0)
+            resid = (z - h) / (len(layers) - i)
+            P = None if projectors is None else projectors.get(layer)
+            w, R = rocr_update(k, resid, P, None if C_prev is None else C_prev.get(layer), l2)
+            factors.append(LayerFactors(layer, w.float(), R.float(), k.float(), float((z - h).norm())))
+            applied.add(apply_factors(model, [(layer, w, R)]))
+        # keys of the fully edited model go into C_prev of later sequential edits (as the reference)
+        for f in factors:
+            f.key = read_at_subject(model, ctx, target, key_site(f.layer), batch_size).mean(0).float()
+        h_final = read_at_subject(model, value_templates, target, resid_site(z_layer), batch_size).mean(0)
+    finally:
+        applied.remove()
+    info = {
+        "templates": ctx,
+        "value_context": value_context,
+        "mode": mode,
+        "z_norm": float(z.norm()),
+        "residual_after": float((z - h_final).norm()),
+        "cos_before": None,
+    }
+    return RocrEdit(target, harmless, list(layers), z_layer, factors, kind, base_hash, info)
