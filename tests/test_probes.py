@@ -101,3 +101,41 @@ def test_holdout_accuracy_is_balanced():
     y = (torch.rand(400, generator=g) < 0.1).long()
     acc = holdout_accuracy(X[:200], y[:200], X[200:], y[200:], class_weight=None)
     assert acc == pytest.approx(0.5, abs=0.1)
+
+
+def test_batched_logistic_solves_sklearns_objective():
+    """fit_probes' Newton solver gives sklearn LogisticRegression's optimum on the same split (cos > 1 - 1e-9)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from conceptkit.probes import _stratified_split, fit_probes
+
+    g = torch.Generator().manual_seed(6)
+    pos = torch.randn(6, 20, 50, generator=g, dtype=torch.float64) * 10 + 1
+    neg = torch.randn(6, 24, 50, generator=g, dtype=torch.float64) * 10
+    for C, weight in [(1.0, None), (0.05, "balanced")]:
+        batch = fit_probes(pos, neg, C=C, class_weight=weight, seed=2)
+        train, test = _stratified_split(20, 24, 0.33, 6, 2)
+        for i in range(6):
+            X = torch.cat([pos[i], neg[i]]).numpy()
+            y = np.r_[np.ones(20), np.zeros(24)]
+            mu, sd = X[train[i]].mean(0), X[train[i]].std(0) + 1e-8
+            clf = LogisticRegression(C=C, class_weight=weight, tol=1e-10, max_iter=10000).fit((X[train[i]] - mu) / sd, y[train[i]])
+            w = clf.coef_[0] / sd
+            b = clf.intercept_[0] - w @ mu
+            assert float(w @ batch.directions[i].numpy()) / np.linalg.norm(w) > 1 - 1e-9
+            assert float(batch.accuracy[i]) == pytest.approx(float(((X[test[i]] @ w + b > 0) == y[test[i]]).mean()))
+
+
+def test_batched_mean_diff_equals_the_single_probe():
+    """fit_probes(kind='mean_diff') gives the class-mean difference of each training part."""
+    from conceptkit.probes import _stratified_split, fit_probes
+
+    g = torch.Generator().manual_seed(7)
+    pos, neg = torch.randn(3, 12, 5, generator=g, dtype=torch.float64) + 1, torch.randn(3, 12, 5, generator=g, dtype=torch.float64)
+    batch = fit_probes(pos, neg, "mean_diff", seed=4)
+    train, _ = _stratified_split(12, 12, 0.33, 3, 4)
+    for i in range(3):
+        X = torch.cat([pos[i], neg[i]])[train[i]]
+        y = torch.from_numpy(train[i] < 12)
+        w = X[y].mean(0) - X[~y].mean(0)
+        assert torch.allclose(batch.directions[i], w / w.norm(), atol=1e-12)
