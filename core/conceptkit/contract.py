@@ -54,8 +54,12 @@ class Result(pydantic.BaseModel):
         return []
 
     def save(self, store: "Store") -> list[str]:
-        """Store every draft; returns and remembers the record ids."""
-        ids = [store.put(draft).id for draft in self.drafts()]
+        """Store every draft; returns and remembers the record ids.
+
+        All or nothing: one bad draft stores none (``put_many`` validates every draft first)."""
+        drafts = self.drafts()
+        put_many = getattr(store, "put_many", None)
+        ids = [r.id for r in put_many(drafts)] if put_many is not None else [store.put(d).id for d in drafts]
         self.record_ids = ids
         return ids
 

@@ -19,6 +19,7 @@ import pydantic
 import torch
 
 from conceptkit.errors import StoreError
+from conceptkit.store.checks import stable_norm
 
 SCHEMA_VERSION = 1
 ALLOWED_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64}
@@ -101,7 +102,7 @@ class RecordDraft(pydantic.BaseModel):
     def tensor_infos(self) -> dict[str, TensorInfo]:
         infos = {}
         for name, t in self.tensors.items():
-            norm = float(t.double().norm()) if t.is_floating_point() else None
+            norm = stable_norm(t)  # scaled float64: an all-1e300 vector keeps a finite norm
             infos[name] = TensorInfo(
                 shape=list(t.shape),
                 dtype=str(t.dtype).removeprefix("torch."),
