@@ -1,0 +1,178 @@
+"""A model's weights as the functions ObsProp needs: norms, OV circuits, MLPs, the unembedding.
+
+Everything is read through ``model.weights`` (TL layout, HF parameters underneath, so the same
+numbers on every backend). The norm kind, its epsilon and the MLP activation come from the core
+(``weights.norm_kind`` / ``norm_eps``) where it offers them, else from the HF config; that is the
+one place this plugin reaches below the public surface.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from conceptkit.errors import InputError
+from conceptkit_obsprop import pullback as pb
+
+
+class PostLNError(InputError):
+    """ObsProp's algebra assumes pre-LN blocks (``resid_mid = resid_pre + attn_out``)."""
+
+
+def _hf_config(model: Any) -> Any:
+    hf = getattr(model, "hf", None)  # TODO(public-surface): the model's HF config
+    cfg = getattr(hf, "config", None)
+    if cfg is None:
+        tl = getattr(model, "tl", None)
+        cfg = getattr(tl, "cfg", None)
+    return cfg
+
+
+def _activation(cfg: Any) -> Any:
+    name = getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", None) or getattr(cfg, "act_fn", None)
+    if name is None:
+        raise InputError("cannot tell the MLP activation of this model (no hidden_act / activation_function in its config)")
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise InputError(f"MLP activation {name!r} is unknown to transformers.activations")
+    return ACT2FN[name]
+
+
+class Circuit:
+    """Weight-level view of a pre-LN decoder, in a chosen dtype (float64 for exact tests)."""
+
+    def __init__(self, model: Any, dtype: torch.dtype = torch.float32) -> None:
+        self.model = model
+        self.dtype = dtype
+        w = model.weights
+        self.w = w
+        if getattr(w.family, "post_ln", False) or getattr(model, "post_ln", False):
+            raise PostLNError(
+                f"model {model.name!r} is post-LN ({w.family.name}): its residual stream does not satisfy "
+                "resid_mid = resid_pre + attn_out, so observable propagation does not apply; use a pre-LN decoder"
+            )
+        if "unembed" not in w.family.linears:
+            raise InputError(f"model {model.name!r} has no unembedding: ObsProp needs logits")
+        self.n_layers = int(model.n_layers)
+        self.d = int(model.d_model)
+        self.n_heads, self.n_kv = int(w.n_heads), int(w.n_kv_heads)
+        self.group = self.n_heads // self.n_kv
+        self.gated = "gate" in w.family.linears
+        cfg = _hf_config(model)
+        self.norm_kind = getattr(w, "norm_kind", None) or self._norm_kind(cfg)
+        self.eps = float(getattr(w, "norm_eps", None) or self._norm_eps(cfg))
+        self._act = _activation(cfg)
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    # -- norm conventions --------------------------------------------------------------------
+    def _norm_kind(self, cfg: Any) -> str:
+        cls = type(self.w.module("ln1", 0)).__name__.lower()
+        if "rms" in cls or hasattr(cfg, "rms_norm_eps"):
+            return "rmsnorm"
+        if "layernorm" in cls or hasattr(cfg, "layer_norm_epsilon") or hasattr(cfg, "layer_norm_eps"):
+            return "layernorm"
+        raise InputError(f"cannot tell the norm kind of {self.model.name!r} (module {cls})")
+
+    @staticmethod
+    def _norm_eps(cfg: Any) -> float:
+        for key in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "eps"):
+            if getattr(cfg, key, None) is not None:
+                return float(getattr(cfg, key))
+        raise InputError("cannot find the norm epsilon in the model config")
+
+    # -- cached weights ------------------------------------------------------------------------
+    def _get(self, key: tuple, fn: Any) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = fn().detach().to(self.dtype).clone()
+        return self._cache[key]
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self._get(("W_U",), lambda: self.w.W_U)
+
+    def gamma(self, which: str, layer: int | None = None) -> torch.Tensor:
+        return self._get(("gamma", which, layer), lambda: self.w.ln_scale(which, layer))
+
+    def beta(self, which: str, layer: int | None = None) -> torch.Tensor | None:
+        key = ("beta", which, layer)
+        if key not in self._cache:
+            bias = getattr(self.w.module(which, layer), "bias", None)
+            self._cache[key] = None if bias is None else bias.detach().to(self.dtype).clone()  # type: ignore[assignment]
+        return self._cache[key]
+
+    def W_V(self, layer: int) -> torch.Tensor:
+        return self._get(("W_V", layer), lambda: self.w.W_V(layer))
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        return self._get(("W_O", layer), lambda: self.w.W_O(layer))
+
+    def W_in(self, layer: int) -> torch.Tensor:
+        return self._get(("W_in", layer), lambda: self.w.W_in(layer))
+
+    def W_gate(self, layer: int) -> torch.Tensor:
+        return self._get(("W_gate", layer), lambda: self.w.W_gate(layer))
+
+    def W_out(self, layer: int) -> torch.Tensor:
+        return self._get(("W_out", layer), lambda: self.w.W_out(layer))
+
+    def _bias(self, role: str, layer: int) -> torch.Tensor | None:
+        key = ("bias", role, layer)
+        if key not in self._cache:
+            b = getattr(self.w.module(role, layer), "bias", None)
+            self._cache[key] = None if b is None else b.detach().to(self.dtype).clone()  # type: ignore[assignment]
+        return self._cache[key]
+
+    @cached_property
+    def has_unembed_bias(self) -> bool:
+        return getattr(self.w.module("unembed"), "bias", None) is not None
+
+    # -- functions ---------------------------------------------------------------------------------
+    def norm_role(self, sublayer: str) -> str:
+        """The norm that feeds a node: ``ln1`` for attention, ``ln2`` for MLPs (the reference
+        swaps them; spec §5 step 5)."""
+        return {"attn": "ln1", "mlp": "ln2", "final": "ln_final"}[sublayer]
+
+    def norm(self, which: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
+        return pb.norm_forward(x.to(self.dtype), self.gamma(which, layer), self.beta(which, layer), self.norm_kind, self.eps)
+
+    def mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The MLP on its (normalised) input ``x [..., d]``, from the weights."""
+        x = x.to(self.dtype)
+        up = x @ self.W_in(layer)
+        b_in = self._bias("in", layer)
+        if b_in is not None:
+            up = up + b_in
+        if self.gated:
+            gate = x @ self.W_gate(layer)
+            b_g = self._bias("gate", layer)
+            if b_g is not None:
+                gate = gate + b_g
+            hidden = self._act(gate) * up
+        else:
+            hidden = self._act(up)
+        out = hidden @ self.W_out(layer)
+        b_out = self._bias("out", layer)
+        return out + b_out if b_out is not None else out
+
+    def pull_norm(self, which: str, layer: int | None, y: torch.Tensor, x: torch.Tensor | None, mode: str) -> torch.Tensor:
+        """Pull ``y`` back through a norm: ``approx`` (scale from ``x``), ``exact`` gradient, or ``none``."""
+        if mode == "none":
+            return y
+        if mode == "approx":
+            return pb.norm_approx_pullback(y, self.gamma(which, layer), self.norm_kind, None if x is None else x.to(self.dtype))
+        if mode == "exact":
+            if x is None:
+                raise InputError("the exact norm gradient needs the norm's input: give a prompt_pair")
+            return pb.norm_exact_pullback(y, x.to(self.dtype), self.gamma(which, layer), self.beta(which, layer), self.norm_kind, self.eps)
+        raise InputError(f"unknown norm mode {mode!r}; use approx, exact or none")
+
+    def head_features(self, layer: int, y: torch.Tensor) -> torch.Tensor:
+        """``[H, d]``: every head's OV pull-back of ``y`` at ``layer``."""
+        return pb.ov_pullback_all(self.W_V(layer), self.W_O(layer), y.to(self.dtype))
+
+    def sqrt_d(self) -> float:
+        return math.sqrt(self.d)
