@@ -1,7 +1,8 @@
 """conceptkit: concept vectors in neural networks.
 
-The public API is the names in ``__all__``. They are loaded on first use (PEP 562), so
-``import conceptkit`` imports neither torch nor any model framework.
+The public API is the names in ``__all__`` (the same as :mod:`conceptkit.api`, where they are
+listed by group). They are loaded on first use (PEP 562), so ``import conceptkit`` imports
+neither torch nor any model framework. Every other module is internal.
 
 Example:
     >>> import conceptkit as ck
@@ -11,54 +12,20 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from conceptkit import api as _api
 from conceptkit.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    # plugins and methods
-    "plugins": "conceptkit.plugin_manager",
-    "plugin_failures": "conceptkit.plugin_manager",
-    "methods": "conceptkit.plugin_manager",
-    "method": "conceptkit.plugin_manager",
-    "registered_plugin": "conceptkit.plugin_manager",
-    "Method": "conceptkit.contract",
-    "ArtifactMethod": "conceptkit.contract",
-    "MethodConfig": "conceptkit.contract",
-    "Result": "conceptkit.contract",
-    "Capability": "conceptkit.capabilities",
-    "Handle": "conceptkit.handles",
-    # models
-    "Model": "conceptkit.backends.base",
-    "ModelRef": "conceptkit.backends.base",
-    "wrap": "conceptkit.backends",
-    "load_model": "conceptkit.models",
-    # interventions and objectives
-    "interventions": "conceptkit",
-    "objectives": "conceptkit",
-    # store
-    "open_store": "conceptkit.store",
-    "Store": "conceptkit.store",
-    "Record": "conceptkit.store.record",
-    "RecordDraft": "conceptkit.store.record",
-    # errors
-    "ConceptkitError": "conceptkit.errors",
-}
-
-__all__ = sorted([*_LAZY, "hookimpl", "__version__"])
+__all__ = sorted({*_api.__all__, "api", "hookimpl", "__version__"})
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in _api.SURFACE:
         raise AttributeError(f"module 'conceptkit' has no attribute {name!r}")
-    if module == "conceptkit":
-        value = importlib.import_module(f"conceptkit.{name}")
-    else:
-        value = getattr(importlib.import_module(module), name)
+    value = _api.resolve(name)
     globals()[name] = value
     return value
 
@@ -68,14 +35,32 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from conceptkit import interventions, objectives
+    from conceptkit import concepts, edits, interventions, objectives, probes
+    from conceptkit.activations import Activations, open_activations
     from conceptkit.backends import wrap
     from conceptkit.backends.base import Model, ModelRef
     from conceptkit.capabilities import Capability
-    from conceptkit.errors import ConceptkitError
-    from conceptkit.handles import Handle
-    from conceptkit.contract import ArtifactMethod, Method, MethodConfig, Result
+    from conceptkit.concepts import ConceptSet
+    from conceptkit.contract import ArtifactMethod, Method, MethodConfig, Result, validate_config
+    from conceptkit.data import Batch, PaddingSide, Reduce, fingerprint, reduce_tokens
+    from conceptkit.edits import WeightEdit, WeightEditHandle, WeightEditSet
+    from conceptkit.errors import (
+        CapabilityError,
+        ConceptkitError,
+        ConfigError,
+        InputError,
+        MissingDependencyError,
+        PluginError,
+        StoreError,
+        UnknownNameError,
+    )
+    from conceptkit.handles import Handle, HandleGroup
+    from conceptkit.interventions import Add, Affine, ClampFeatures, Intervention, ProjectOut, Replace, Scale
     from conceptkit.models import load_model
+    from conceptkit.objectives import LogitDiff, NextTokenLoss, TokenLogit, as_objective, token_id
     from conceptkit.plugin_manager import method, methods, plugin_failures, plugins, registered_plugin
+    from conceptkit.probes import CVResult, Probe, cross_validate, fit_probe, holdout_accuracy
+    from conceptkit.provenance import input_fingerprint, method_info
+    from conceptkit.sites import unknown_site
     from conceptkit.store import Store, open_store
-    from conceptkit.store.record import Record, RecordDraft
+    from conceptkit.store.record import MethodInfo, Record, RecordDraft

@@ -39,10 +39,23 @@ class Result(pydantic.BaseModel):
     config: dict[str, Any] = pydantic.Field(default_factory=dict)
     model_ref: dict[str, Any] | None = None
     record_ids: list[str] = pydantic.Field(default_factory=list)
+    #: fingerprints of the inputs by name; ``Method.run`` adds the config's text fields, a
+    #: method adds others with :meth:`add_input`
+    input_fingerprints: dict[str, str] = pydantic.Field(default_factory=dict)
+    #: who made this (filled by ``Method.run``); written into every draft by :meth:`save`
+    provenance: Any = pydantic.Field(None, exclude=True, repr=False)
+
+    def add_input(self, name: str, inputs: Any, model: "Model | None" = None) -> str:
+        """Record the fingerprint of ``inputs`` (texts or token ids) under ``name``."""
+        from conceptkit.provenance import input_fingerprint
+
+        self.input_fingerprints[name] = value = input_fingerprint(inputs, model)
+        return value
 
     def summary(self) -> str:
         """A human-readable text summary (printed by the CLI)."""
-        fields = {k: v for k, v in self.model_dump().items() if k not in ("config", "record_ids")}
+        hidden = ("config", "record_ids", "input_fingerprints")
+        fields = {k: v for k, v in self.model_dump().items() if k not in hidden}
         return "\n".join(f"{k}: {v}" for k, v in fields.items())
 
     def plot(self, path: str | Path) -> Path | None:
@@ -54,14 +67,29 @@ class Result(pydantic.BaseModel):
         return []
 
     def save(self, store: "Store") -> list[str]:
-        """Store every draft; returns and remembers the record ids.
+        """Store every draft, with the core's provenance filled in; returns and remembers the ids.
 
         All or nothing: one bad draft stores none (``put_many`` validates every draft first)."""
-        drafts = self.drafts()
+        drafts = [self.with_provenance(draft) for draft in self.drafts()]
         put_many = getattr(store, "put_many", None)
         ids = [r.id for r in put_many(drafts)] if put_many is not None else [store.put(d).id for d in drafts]
         self.record_ids = ids
         return ids
+
+    def with_provenance(self, draft: "RecordDraft") -> "RecordDraft":
+        """``draft`` with method (plugin, distribution, version, config, inputs) and model ref
+        filled in from this result. The method's identity always comes from the core; a config
+        or model the draft set itself is kept."""
+        if self.provenance is None:  # not made by Method.run: nothing known to fill in
+            return draft
+        own = draft.method
+        info = self.provenance.model_copy(
+            update={
+                "config": own.config or self.config,
+                "inputs": {**self.input_fingerprints, **own.inputs},
+            }
+        )
+        return draft.model_copy(update={"method": info, "model": draft.model or self.model_ref})
 
 
 def validate_config(config_cls: type[MethodConfig], value: Any, method: str) -> MethodConfig:
@@ -128,10 +156,14 @@ class Method:
         cfg = validate_config(self.Config, config, self.name)
         self.check(model)
         result = self.compute(model, cfg, store)
+        from conceptkit.provenance import config_inputs, method_info
+
         result.method = self.name
         result.config = cfg.model_dump(mode="json")
         if model is not None and result.model_ref is None:
             result.model_ref = model.ref.model_dump(mode="json")
+        result.input_fingerprints = {**config_inputs(cfg), **result.input_fingerprints}
+        result.provenance = method_info(self, result.config)
         if store is not None:
             result.save(store)
         return result

@@ -27,7 +27,11 @@ MetricValue = float | int | str | bool | None | list[float] | list[int] | list[s
 
 
 class MethodInfo(pydantic.BaseModel):
-    """Which plugin made the vector, and with what configuration."""
+    """Which plugin made the vector, with what configuration, from which inputs.
+
+    Filled by the core (``Method.run`` / ``Result.save``, or ``conceptkit.method_info``), never
+    built by hand in a plugin.
+    """
 
     model_config = pydantic.ConfigDict(extra="forbid")
     name: str = "manual"
@@ -35,6 +39,8 @@ class MethodInfo(pydantic.BaseModel):
     distribution: str | None = None
     version: str | None = None
     config: dict[str, Any] = pydantic.Field(default_factory=dict)
+    #: fingerprints of the inputs (texts or token ids) the result was computed from, by name
+    inputs: dict[str, str] = pydantic.Field(default_factory=dict)
 
 
 class TensorInfo(pydantic.BaseModel):

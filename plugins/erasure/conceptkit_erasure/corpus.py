@@ -42,7 +42,7 @@ PROPERTIES: dict[str, Callable[[str], int]] = {
 def token_labels(model: object, texts: list[str], prop: str) -> list[list[int]]:
     """Per-token labels of ``texts`` (tokenised exactly as the model tokenises them)."""
     if prop not in PROPERTIES:
-        from conceptkit.errors import UnknownNameError
+        from conceptkit.api import UnknownNameError
 
         raise UnknownNameError("token property", prop, PROPERTIES)
     fn = PROPERTIES[prop]

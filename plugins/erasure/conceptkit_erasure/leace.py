@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 
 Method = Literal["leace", "orth"]
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydantic
 
 import conceptkit as ck
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 
 if TYPE_CHECKING:  # torch and sklearn load when the method runs, not when plugins are listed
-    from conceptkit.handles import Handle
+    from conceptkit.api import Handle
     from conceptkit_erasure.result import ErasureResult
     from conceptkit_erasure.scrub import Scrubber
 
@@ -50,7 +50,7 @@ class Erasure(ck.ArtifactMethod):
         return texts, [list(row) for row in labels]
 
     def fit(self, model: ck.Model, config: Any = None, store: Any = None) -> "Scrubber":
-        from conceptkit.contract import validate_config
+        from conceptkit.api import validate_config
         from conceptkit_erasure.scrub import fit_scrubber
 
         cfg = validate_config(self.Config, config, self.name)
@@ -72,7 +72,7 @@ class Erasure(ck.ArtifactMethod):
     def compute(self, model: ck.Model, config: ErasureConfig, store: Any) -> "ErasureResult":
         import torch
 
-        from conceptkit.probes import holdout_accuracy
+        from conceptkit.api import holdout_accuracy
         from conceptkit_erasure.result import ErasureResult, SiteReport, bits_per_byte
         from conceptkit_erasure.scrub import default_sites, fit_scrubber, random_scrubber
 

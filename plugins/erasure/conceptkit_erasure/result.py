@@ -8,8 +8,7 @@ from typing import Any
 import pydantic
 
 import conceptkit as ck
-from conceptkit.plugin_manager import dist_version
-from conceptkit.store.record import MethodInfo, RecordDraft
+from conceptkit.api import RecordDraft
 
 
 class SiteReport(pydantic.BaseModel):
@@ -52,8 +51,6 @@ class ErasureResult(ck.Result):
             concept=self.concept,
             description="LEACE concept-scrubbing erasers, one per site (proj_left, proj_right, bias)",
             kind="eraser",
-            method=MethodInfo(name="erasure", plugin="erasure", distribution="conceptkit-erasure", version=dist_version("conceptkit-erasure"), config=self.config),
-            model=self.model_ref,
             site=",".join(r.site for r in self.sites),
             reduction="all",
             metrics={

@@ -14,8 +14,7 @@ import torch
 
 import conceptkit as ck
 from conceptkit import interventions as iv
-from conceptkit.errors import InputError
-from conceptkit.handles import Handle
+from conceptkit.api import Handle, InputError
 from conceptkit_erasure.leace import LeaceEraser, LeaceFitter
 
 

@@ -8,8 +8,7 @@ from typing import Any
 import pydantic
 
 import conceptkit as ck
-from conceptkit.plugin_manager import dist_version
-from conceptkit.store.record import MethodInfo, RecordDraft
+from conceptkit.api import RecordDraft
 
 
 class TCAVRow(pydantic.BaseModel):
@@ -110,7 +109,6 @@ class TCAVResult(ck.Result):
                     description=f"TCAV concept activation vector ({self.conventions.get('mode')})",
                     kind="cav",
                     examples_fingerprint=r.examples_fingerprint,
-                    method=MethodInfo(name="tcav", plugin="tcav", distribution="conceptkit-tcav", version=dist_version("conceptkit-tcav"), config=self.config),
                     model=self.model_ref,
                     site=r.site,
                     reduction=self.conventions.get("reduction"),

@@ -6,8 +6,7 @@ The whole plugin: a config, a result, a method, and one hook that registers the 
 from __future__ import annotations
 
 import conceptkit as ck
-from conceptkit.data import fingerprint
-from conceptkit.store.record import MethodInfo, RecordDraft
+from conceptkit.api import RecordDraft, fingerprint
 
 
 class DiffMeansConfig(ck.MethodConfig):
@@ -34,8 +33,6 @@ class DiffMeansResult(ck.Result):
             RecordDraft(
                 tensors={"vector": torch.tensor(self.vector)},
                 concept=self.concept,
-                method=MethodInfo(name="diffmeans", plugin="diffmeans", distribution="conceptkit-diffmeans", config=self.config),
-                model=self.model_ref,
                 site=self.site,
                 reduction=self.config.get("reduce"),
                 examples_fingerprint=fingerprint(self.config["positive"] + self.config["negative"]),
