@@ -45,7 +45,7 @@ class Activations(Mapping[str, torch.Tensor]):
             raise unknown_site(site, self.sites)
         if self._tensors is not None:
             return self._tensors[site]
-        return torch.cat(list(self.iter_shards(site)))
+        return cat_ragged(list(self.iter_shards(site)))
 
     def iter_shards(self, site: str) -> Iterator[torch.Tensor]:
         if self._tensors is not None:
@@ -109,7 +109,7 @@ class ActivationSink:
         if not self._parts[self.sites[0]]:
             return
         assert self.directory is not None
-        tensors = {s: torch.cat(self._parts[s]).contiguous() for s in self.sites}
+        tensors = {s: cat_ragged(self._parts[s]).contiguous() for s in self.sites}
         if self._index:
             tensors["__token_index__"] = torch.cat(self._index)
         save_file(tensors, str(self.directory / f"shard-{self._n_shards:05d}.safetensors"))
@@ -120,13 +120,23 @@ class ActivationSink:
 
     def finish(self) -> Activations:
         if self.directory is None:
-            tensors = {s: torch.cat(p) for s, p in self._parts.items()}
+            tensors = {s: cat_ragged(p) for s, p in self._parts.items()}
             index = torch.cat(self._index) if self._index else None
             return Activations(self.sites, self.reduce, tensors=tensors, token_index=index)
         self._flush()
         meta: dict[str, Any] = {"sites": self.sites, "reduce": self.reduce, "n_shards": self._n_shards}
         (self.directory / "activations.json").write_text(json.dumps(meta))
         return Activations(self.sites, self.reduce, directory=self.directory, n_shards=self._n_shards)
+
+
+def cat_ragged(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along dim 0; parts whose last axis is a key position (attention patterns of
+    batches padded to different lengths) are zero-padded to the longest, i.e. no attention."""
+    widths = {p.shape[-1] for p in parts}
+    if len(widths) <= 1 or parts[0].dim() < 3:
+        return torch.cat(parts)
+    width = max(widths)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts])
 
 
 def _token_index(batch: Batch) -> torch.Tensor:

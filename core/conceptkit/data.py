@@ -16,6 +16,7 @@ from typing import Literal, Union
 import torch
 
 from conceptkit.errors import InputError
+from conceptkit.sites import is_pattern_site
 
 Reduce = Union[Literal["last", "mean", "first", "all", "flatten"], Sequence[int]]
 PaddingSide = Literal["left", "right"]
@@ -113,13 +114,82 @@ def reduce_tokens(acts: torch.Tensor, batch: Batch, reduce: Reduce) -> torch.Ten
     return acts[torch.arange(acts.shape[0], device=acts.device).unsqueeze(1), cols]
 
 
-def scatter_grad_reduction(grad: torch.Tensor, batch: Batch, reduce: Reduce) -> torch.Tensor:
+def query_major(pattern: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """An attention pattern ``[B, H, Tq, Tk]`` as ``[B, Tq, H, Tk]`` with the key axis counted
+    in unpadded positions (left padding shifted away, keys past each example's end zero), so
+    token reduction applies and results do not depend on the padding side."""
+    p = pattern.transpose(1, 2)
+    lengths = batch.lengths.to(p.device)
+    T = p.shape[-1]
+    cols = torch.arange(T, device=p.device).unsqueeze(0)
+    if batch.padding_side == "left":
+        src = (cols + (T - lengths).unsqueeze(1)).clamp_max(T - 1)  # [B, Tk]
+        p = p.gather(-1, src[:, None, None, :].expand_as(p))
+    real = (cols < lengths.unsqueeze(1)).to(p.dtype)[:, None, None, :]
+    return p * real
+
+
+def reduce_site(acts: torch.Tensor, batch: Batch, reduce: Reduce, site: str | None = None) -> torch.Tensor:
+    """:func:`reduce_tokens` for any site: attention patterns are reduced over their query axis
+    (``last`` gives ``[B, H, Tk]``, ``all`` gives ``[n_tokens, H, Tk]``)."""
+    if site is not None and is_pattern_site(site) and acts.dim() == 4:
+        acts = query_major(acts, batch)
+    return reduce_tokens(acts, batch, reduce)
+
+
+def validate_batch(batch: Batch, vocab_size: int | None = None, max_context: int | None = None) -> Batch:
+    """Refuse token ids a model cannot run, naming the value and the limit: non-integer ids,
+    ids outside ``[0, vocab_size)``, a mask of another shape, with values other than 0/1 or with
+    holes (padding between real tokens), and inputs longer than ``max_context``."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise InputError(f"token ids must be integers, got a tensor of dtype {str(ids.dtype).removeprefix('torch.')}")
+    if ids.dim() != 2:
+        raise InputError(f"token ids must have shape [batch, tokens], got shape {tuple(ids.shape)}")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise InputError(f"no inputs: token ids of shape {tuple(ids.shape)}")
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise InputError(f"attention_mask has shape {tuple(mask.shape)} but the token ids have shape {tuple(ids.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        bad = mask[(mask != 0) & (mask != 1)][0]
+        raise InputError(f"attention_mask values must be 0 or 1, got {bad.item()!r}")
+    ids, mask = ids.long(), mask.long()
+    lengths = mask.sum(1)
+    if bool((lengths == 0).any()):
+        row = int((lengths == 0).nonzero()[0])
+        raise InputError(f"example {row} has no real tokens (its attention_mask is all 0)")
+    T = mask.shape[1]
+    cols = torch.arange(T).unsqueeze(0)
+    right = cols < lengths.unsqueeze(1)
+    left = cols >= (T - lengths).unsqueeze(1)
+    expected = left if batch.padding_side == "left" else right
+    holes = (mask.bool() != expected).any(1)
+    if bool(holes.any()):
+        row = int(holes.nonzero()[0])
+        raise InputError(
+            f"attention_mask row {row} is {mask[row].tolist()[:32]}: padding must all be on the "
+            f"{batch.padding_side} with no holes between real tokens"
+        )
+    if vocab_size is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad_id = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise InputError(f"token id {bad_id} is out of range: the vocabulary has ids 0 to {vocab_size - 1}")
+    if max_context is not None and T > max_context and int(lengths.max()) > max_context:
+        row = int(lengths.argmax())
+        raise InputError(f"example {row} is {int(lengths[row])} tokens long; the model takes at most {max_context} tokens")
+    if ids is batch.input_ids and mask is batch.attention_mask:
+        return batch
+    return Batch(ids, mask, batch.padding_side, batch.index)
+
+
+def scatter_grad_reduction(grad: torch.Tensor, batch: Batch, reduce: Reduce, site: str | None = None) -> torch.Tensor:
     """Reduce a gradient ``[B, T, ...]`` so that ``result · v`` is the directional derivative.
 
     For ``last``/``first``/positions this is the gradient at those tokens. For ``mean`` it is
     the *sum* over real tokens: moving the mean-pooled activation by ``eps * v`` means moving
     every real token by ``eps * v``, and the derivative of that is ``sum_t g_t · v``.
     """
+    if site is not None and is_pattern_site(site) and grad.dim() == 4:
+        grad = query_major(grad, batch)
     if reduce == "mean":
         mask = batch.attention_mask.to(grad.dtype).to(grad.device)
         return (grad * mask.reshape(*mask.shape, *([1] * (grad.dim() - 2)))).sum(1)

@@ -16,13 +16,16 @@ from conceptkit.errors import UnknownNameError
 #: Per-block sites, in execution order. ``{l}`` is the block index.
 BLOCK_SITES: tuple[str, ...] = (
     "hook_resid_pre",
+    "ln1.hook_scale",
     "ln1.hook_out",
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
+    "attn.hook_pattern",
     "attn.hook_z",
     "hook_attn_out",
     "hook_resid_mid",
+    "ln2.hook_scale",
     "ln2.hook_out",
     "mlp.hook_pre",
     "mlp.hook_pre_linear",
@@ -32,9 +35,12 @@ BLOCK_SITES: tuple[str, ...] = (
 )
 #: Sites outside the blocks.
 GLOBAL_SITES_BEFORE: tuple[str, ...] = ("hook_embed", "hook_pos_embed")
-GLOBAL_SITES_AFTER: tuple[str, ...] = ("ln_final.hook_out", "hook_unembed")
+GLOBAL_SITES_AFTER: tuple[str, ...] = ("ln_final.hook_scale", "ln_final.hook_out", "hook_unembed")
 
-#: Sites whose tensors have one row per token (``[B, T, ...]``), so token reduction applies.
+# Shapes: every site is ``[B, T, ...]`` (one row per token) except ``attn.hook_pattern``,
+# ``[B, H, Tq, Tk]`` (TransformerLens' layout), whose token axis is the query axis. The norms'
+# ``hook_scale`` is TransformerLens' divisor ``sqrt(mean(x_c^2) + eps)`` ``[B, T, 1]``, so
+# ``ln.hook_out == x_c / hook_scale * gain (+ bias)`` with ``x_c`` the input, centred for LayerNorm.
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
@@ -56,6 +62,11 @@ def parse(name: str) -> Site:
     if match:
         return Site(name, int(match.group(1)), match.group(2))
     return Site(name, None, name)
+
+
+def is_pattern_site(name: str) -> bool:
+    """Whether ``name`` is an attention pattern ``[B, H, Tq, Tk]`` (token axis 2, not 1)."""
+    return name.endswith("attn.hook_pattern")
 
 
 def block_site(layer: int, kind: str) -> str:

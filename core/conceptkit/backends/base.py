@@ -5,6 +5,10 @@ A backend supplies four things: the sites it supports, how to attach a function 
 attention mask, and weight access. Everything else here (tokenisation, batching, token
 reduction, interventions, gradients, generation, streaming) is written once, so a canonical site
 means the same tensor and the same operation on every backend.
+
+The operations build :class:`~conceptkit.plans.Plan` objects, one per batch, and hand them to
+:meth:`Model.execute`; by default the :class:`~conceptkit.plans.LocalExecutor` carries them out
+with the hooks above. A backend that runs models elsewhere overrides ``execute`` instead.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import torch
 
 from conceptkit import interventions as iv
 from conceptkit.capabilities import Capability
-from conceptkit.data import Batch, PaddingSide, Reduce, reduce_tokens, scatter_grad_reduction
+from conceptkit.data import Batch, PaddingSide, Reduce, validate_batch
 from conceptkit.errors import InputError
 from conceptkit.handles import Handle, HandleGroup
-from conceptkit.sites import unknown_site
+from conceptkit.plans import GradRequest, LocalExecutor, Plan, PlanOutput, Read
+from conceptkit.sites import is_pattern_site, unknown_site
+from conceptkit.virtual_sites import VirtualSites
 
 if TYPE_CHECKING:
     from conceptkit.activations import Activations
@@ -41,21 +47,6 @@ class ModelRef(pydantic.BaseModel):
     dtype: str = "float32"
     architecture: str | None = None
     processing: str | None = None  # e.g. TransformerLens compatibility mode
-
-
-class _StopForward(Exception):
-    """Raised by capture hooks once every requested site has fired: the rest of the forward
-    pass is not needed (capturing layer 12 of 30 costs 12 layers, not 30)."""
-
-
-class _GradCollector:
-    def __init__(self) -> None:
-        self.leaves: list[torch.Tensor] = []
-
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        leaf = t.detach().requires_grad_(True)
-        self.leaves.append(leaf)
-        return leaf
 
 
 def _is_token_input(inputs: Any) -> bool:
@@ -79,10 +70,11 @@ class Model:
         self.padding_side: PaddingSide = padding_side or "right"
         self._batch: Batch | None = None  # the batch being run, for position-aware hooks
         self._owned: list[Handle] = []
+        self._virtual = VirtualSites()
 
     # -- what a backend implements --------------------------------------------------------
-    def sites(self) -> list[str]:
-        """Canonical sites this model supports, in execution order."""
+    def native_sites(self) -> list[str]:
+        """Canonical sites the backend itself supports, in execution order."""
         raise NotImplementedError
 
     def _attach(self, site: str, fn: SiteFn) -> Handle:
@@ -92,6 +84,11 @@ class Model:
     def _forward(self, batch: Batch) -> torch.Tensor:
         """Run the model; return logits ``[B, T, V]`` (or final hidden states for encoders)."""
         raise NotImplementedError
+
+    def execute(self, plan: Plan) -> PlanOutput:
+        """Carry out one plan (one forward pass over one batch). Backends that do not run
+        in-process hooks override this; the default is the local hook engine."""
+        return LocalExecutor(self).execute(plan)
 
     @property
     def ref(self) -> ModelRef:
@@ -113,6 +110,16 @@ class Model:
     def n_layers(self) -> int:
         raise NotImplementedError
 
+    @property
+    def vocab_size(self) -> int | None:
+        """Number of token ids the embedding accepts (``None``: not checked)."""
+        return None
+
+    @property
+    def max_context(self) -> int | None:
+        """Longest input (in tokens) the model was built for (``None``: not checked)."""
+        return None
+
     def hook_registry(self) -> list[tuple[str, str, int]]:
         """Every hook currently registered on the model (compare before/after for leaks)."""
         raise NotImplementedError
@@ -121,10 +128,23 @@ class Model:
         return len(self.hook_registry())
 
     # -- sites ------------------------------------------------------------------------------
+    def sites(self) -> list[str]:
+        """Canonical and virtual sites of this model, in execution order."""
+        return self._virtual_sites.with_virtual(self.native_sites())
+
+    @property
+    def _virtual_sites(self) -> VirtualSites:
+        # Backends written before virtual sites may not call ``Model.__init__``.
+        if "_virtual" not in self.__dict__:
+            self._virtual = VirtualSites()
+        return self._virtual
+
     def resolve_site(self, site: str) -> str:
         """Validate ``site``; unknown names raise an error suggesting the closest ones."""
         if not isinstance(site, str):
             raise InputError(f"a site must be a string, got {site!r}")
+        if site in self._virtual_sites:
+            return site
         known = self.sites()
         if site in known or self._is_raw_site(site):
             return site
@@ -133,26 +153,41 @@ class Model:
     def _is_raw_site(self, site: str) -> bool:
         return False
 
+    def add_virtual_sites(self, provider: Any) -> Handle:
+        """Add the virtual sites of ``provider`` (a
+        :class:`~conceptkit.virtual_sites.VirtualSiteProvider`, e.g. an attached SAE); they
+        appear in :meth:`sites` and work wherever a site does until the handle is removed."""
+        return self._virtual_sites.add(self, provider)
+
+    def _hook_at(self, site: str, fn: SiteFn) -> Handle:
+        """Attach ``fn`` at a resolved site, virtual or not (the engine's one way to hook)."""
+        if site in self._virtual_sites:
+            return self._virtual_sites.attach(self, site, fn)
+        return self._attach(site, fn)
+
     # -- tokenisation (owned by the core: identical on every backend) -------------------------
     def tokenize(self, inputs: Inputs, padding_side: PaddingSide | None = None) -> Batch:
         """Token ids and mask for ``inputs`` with the model tokenizer's own special tokens.
 
         Policy: special tokens are what the model's tokenizer adds (``add_special_tokens=True``;
         conceptkit never prepends a BOS the tokenizer would not), padding is on
-        ``padding_side`` (default: the model's), and the mask is always carried.
+        ``padding_side`` (default: the model's), and the mask is always carried. Token ids
+        given directly are checked: integer ids inside the vocabulary, a 0/1 mask of the same
+        shape without holes, and no longer than the model's context.
         """
         side = padding_side or self.padding_side
         if isinstance(inputs, Batch):
-            return inputs
+            return validate_batch(inputs, self.vocab_size, self.max_context)
         if _is_token_input(inputs):
             ids = torch.as_tensor(inputs["input_ids"])
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else inputs["attention_mask"]
             if mask is None:
                 raise InputError("token ids were given without an attention_mask; pass the tokenizer's mask")
             mask = torch.as_tensor(mask)
-            if ids.dim() == 1:
+            if ids.dim() == 1 and mask.dim() == 1:
                 ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
-            return Batch(ids.long(), mask.long(), _infer_side(mask, side))
+            batch = Batch(ids, mask, _infer_side(mask, side) if mask.dim() == 2 and mask.numel() else side)
+            return validate_batch(batch, self.vocab_size, self.max_context)
         if isinstance(inputs, str):
             inputs = [inputs]
         texts = list(inputs)
@@ -172,12 +207,19 @@ class Model:
         if (enc["attention_mask"].sum(1) == 0).any():
             empty = int((enc["attention_mask"].sum(1) == 0).nonzero()[0])
             raise InputError(f"input {texts[empty]!r} tokenises to no tokens")
+        limit = self.max_context
+        if limit is not None and enc["input_ids"].shape[1] > limit:
+            longest = int(enc["attention_mask"].sum(1).argmax())
+            raise InputError(
+                f"input {_short(texts[longest])!r} is {int(enc['attention_mask'][longest].sum())} tokens long; "
+                f"model {self.name!r} takes at most {limit} tokens"
+            )
         return Batch(enc["input_ids"], enc["attention_mask"], side)
 
     def batches(self, inputs: Inputs, batch_size: int, padding_side: PaddingSide | None = None) -> Iterator[Batch]:
         """Split inputs into batches; each is padded only to its own longest example."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if _is_token_input(inputs):
             full = self.tokenize(inputs, padding_side)
             for start in range(0, len(full), batch_size):
@@ -195,10 +237,14 @@ class Model:
     # -- hooks and interventions ---------------------------------------------------------------
     def add_hook(self, site: str, fn: SiteFn) -> Handle:
         """Attach ``fn`` at ``site``; the returned handle removes exactly this hook."""
-        return self._attach(self.resolve_site(site), fn)
+        return self._hook_at(self.resolve_site(site), fn)
 
-    def _intervention_fn(self, intervention: iv._Base) -> SiteFn:
+    def _intervention_fn(self, intervention: iv.Intervention) -> SiteFn:
+        pattern = is_pattern_site(intervention.site)
+
         def hook(x: torch.Tensor) -> torch.Tensor:
+            if pattern:  # [B, H, Tq, Tk]: positions count along the query axis
+                x = x.transpose(1, 2)
             batch = self._batch
             if batch is None or x.dim() < 2 or x.shape[:2] != batch.attention_mask.shape:
                 if intervention.positions != "all":
@@ -209,7 +255,8 @@ class Model:
                 mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             else:
                 mask = batch.position_mask(intervention.positions)
-            return intervention.apply(x, mask)
+            out = intervention.apply(x, mask)
+            return out.transpose(1, 2) if pattern else out
 
         return hook
 
@@ -255,6 +302,8 @@ class Model:
         (``[N, P, ...]``) or ``all`` (real tokens flattened, ``[n_tokens, ...]`` with
         ``Activations.token_index`` giving example and position). With ``stream_to`` the
         activations go to safetensors shards under that folder as they come, so memory stays flat.
+        Attention patterns (``attn.hook_pattern``, ``[B, H, Tq, Tk]``) are reduced over the query
+        axis and their key axis counts unpadded positions.
         """
         from conceptkit.activations import ActivationSink
 
@@ -262,29 +311,16 @@ class Model:
         if not site_list:
             raise InputError("capture needs at least one site")
         resolved = [self.resolve_site(s) for s in site_list]
+        parsed = iv.parse_all(interventions)
         # Stop the forward once all sites fired; only for canonical sites (each fires once).
         known = set(self.sites())
         stop_early = all(s in known for s in resolved)
+        reads = [Read(s, reduce) for s in dict.fromkeys(resolved)]
         sink = ActivationSink(resolved, reduce, stream_to=stream_to, shard_bytes=int(shard_mb * 2**20))
         batch_iter = self.batches(inputs, batch_size, padding_side)
         for batch in _progress(batch_iter, inputs, batch_size, progress, "capture"):
-            captured: dict[str, torch.Tensor] = {}
-
-            def make(site: str) -> SiteFn:
-                def hook(t: torch.Tensor) -> None:
-                    captured[site] = reduce_tokens(t.detach(), batch, reduce).to("cpu", dtype).clone()
-                    if stop_early and len(captured) == len(resolved):
-                        raise _StopForward
-
-                return hook
-
-            with self._running(batch, interventions), HandleGroup([self._attach(s, make(s)) for s in resolved]):
-                with torch.inference_mode():
-                    try:
-                        self._forward(batch)
-                    except _StopForward:
-                        pass
-            sink.add(captured, batch)
+            plan = Plan(batch, reads=reads, interventions=parsed, stop_after_reads=stop_early, read_dtype=dtype)
+            sink.add(self.execute(plan).reads, batch)
         return sink.finish()
 
     def run(
@@ -297,10 +333,11 @@ class Model:
         padding_side: PaddingSide | None = None,
     ) -> torch.Tensor:
         """Model output (logits, or final hidden states for encoders), token-reduced."""
+        parsed = iv.parse_all(interventions)
         outs = []
         for batch in self.batches(inputs, batch_size, padding_side):
-            with self._running(batch, interventions), torch.inference_mode():
-                outs.append(reduce_tokens(self._forward(batch), batch, reduce).float().cpu())
+            result = self.execute(Plan(batch, interventions=parsed, output="reduced", output_reduce=reduce))
+            outs.append(result.output)
         return torch.cat(outs)
 
     def grad(
@@ -318,7 +355,8 @@ class Model:
         """Per-example gradient of a scalar ``objective`` w.r.t. the activations at ``site``.
 
         ``objective`` is an :mod:`conceptkit.objectives` object (token logit, logit difference,
-        loss) or a callable ``(output [B,T,V], batch) -> [B]``. Examples do not interact (the
+        loss, logit functional, inner-site functional, or one a plugin registered), its dict
+        form, or a callable ``(output [B,T,V], batch) -> [B]``. Examples do not interact (the
         mask keeps them apart), so one backward of the batch sum gives per-example gradients.
         The gradient is reduced so that ``g · v`` is the directional derivative for a change
         ``v`` of the reduced activation (see :func:`conceptkit.data.scatter_grad_reduction`).
@@ -330,20 +368,18 @@ class Model:
             from conceptkit.errors import CapabilityError
 
             raise CapabilityError(f"backend {self.backend_name!r} does not offer gradients")
-        obj = as_objective(objective, self)
+        obj = as_objective(objective, self)  # validated once, before any compute
+        for inner in getattr(obj, "sites", ()):
+            self.resolve_site(inner)
         site = self.resolve_site(site)
+        parsed = iv.parse_all(interventions)
+        request = GradRequest(site, objective if _is_data(objective) else obj, reduce, return_activations)
         grads, acts = [], []
         for batch in self.batches(inputs, batch_size, padding_side):
-            collector = _GradCollector()
-            with self._running(batch, interventions), self._attach(site, collector), torch.enable_grad():
-                out = self._forward(batch)
-                if not collector.leaves:
-                    raise InputError(f"site {site!r} did not fire during the forward pass")
-                values = obj(out, batch)
-                (g,) = torch.autograd.grad(values.sum(), collector.leaves[0])
-            grads.append(scatter_grad_reduction(g, batch, reduce).float().cpu())
+            result = self.execute(Plan(batch, interventions=parsed, grad=request))
+            grads.append(result.grads)
             if return_activations:
-                acts.append(reduce_tokens(collector.leaves[0].detach(), batch, reduce).float().cpu())
+                acts.append(result.grad_activations)
         if return_activations:
             return torch.cat(grads), torch.cat(acts)
         return torch.cat(grads)
@@ -360,10 +396,10 @@ class Model:
 
         ``nll.sum() / ln 2 / n_bytes`` is the bits-per-byte of a text collection.
         """
+        parsed = iv.parse_all(interventions)
         totals, counts = [], []
         for batch in self.batches(inputs, batch_size, padding_side):
-            with self._running(batch, interventions), torch.inference_mode():
-                logits = self._forward(batch).float()
+            logits = self.execute(Plan(batch, interventions=parsed, output="logits")).output.float()
             logp = torch.log_softmax(logits[:, :-1], -1)
             target = batch.input_ids[:, 1:].to(logp.device)
             valid = (batch.attention_mask[:, 1:] * batch.attention_mask[:, :-1]).to(logp.device).float()
@@ -448,3 +484,12 @@ def _progress(it: Iterator[Batch], inputs: Inputs, batch_size: int, show: bool |
 
     yield from tqdm(it, total=total, desc=what, unit="batch", leave=False)
 
+
+
+def _is_data(objective: Any) -> bool:
+    """Objective data (a component or its dict) travels in the plan as is; callables are local."""
+    return isinstance(objective, (dict, pydantic.BaseModel))
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -22,7 +22,7 @@ class Tap:
 
     path: str  # module path with ``{l}`` for the block index
     io: Literal["input", "output"] = "output"
-    view: str = "identity"  # identity | heads | heads_kv | fused_q | fused_k | fused_v
+    view: str = "identity"  # identity | heads | heads_kv | fused_q | fused_k | fused_v | scale | pattern
 
 
 @dataclass(frozen=True)
@@ -42,19 +42,23 @@ _LLAMA = Family(
     taps={
         "hook_embed": Tap("model.embed_tokens"),
         "hook_resid_pre": Tap("model.layers.{l}", "input"),
+        "ln1.hook_scale": Tap("model.layers.{l}.input_layernorm", view="scale"),
         "ln1.hook_out": Tap("model.layers.{l}.input_layernorm"),
         "attn.hook_q": Tap("model.layers.{l}.self_attn.q_proj", view="heads"),
         "attn.hook_k": Tap("model.layers.{l}.self_attn.k_proj", view="heads_kv"),
         "attn.hook_v": Tap("model.layers.{l}.self_attn.v_proj", view="heads_kv"),
+        "attn.hook_pattern": Tap("model.layers.{l}.self_attn", view="pattern"),
         "attn.hook_z": Tap("model.layers.{l}.self_attn.o_proj", "input", view="heads"),
         "hook_attn_out": Tap("model.layers.{l}.self_attn"),
         "hook_resid_mid": Tap("model.layers.{l}.post_attention_layernorm", "input"),
+        "ln2.hook_scale": Tap("model.layers.{l}.post_attention_layernorm", view="scale"),
         "ln2.hook_out": Tap("model.layers.{l}.post_attention_layernorm"),
         "mlp.hook_pre": Tap("model.layers.{l}.mlp.gate_proj"),
         "mlp.hook_pre_linear": Tap("model.layers.{l}.mlp.up_proj"),
         "mlp.hook_post": Tap("model.layers.{l}.mlp.down_proj", "input"),
         "hook_mlp_out": Tap("model.layers.{l}.mlp"),
         "hook_resid_post": Tap("model.layers.{l}"),
+        "ln_final.hook_scale": Tap("model.norm", view="scale"),
         "ln_final.hook_out": Tap("model.norm"),
         "hook_unembed": Tap("lm_head"),
     },
@@ -81,18 +85,22 @@ _GPT2 = Family(
         "hook_embed": Tap("transformer.wte"),
         "hook_pos_embed": Tap("transformer.wpe"),
         "hook_resid_pre": Tap("transformer.h.{l}", "input"),
+        "ln1.hook_scale": Tap("transformer.h.{l}.ln_1", view="scale"),
         "ln1.hook_out": Tap("transformer.h.{l}.ln_1"),
         "attn.hook_q": Tap("transformer.h.{l}.attn.c_attn", view="fused_q"),
         "attn.hook_k": Tap("transformer.h.{l}.attn.c_attn", view="fused_k"),
         "attn.hook_v": Tap("transformer.h.{l}.attn.c_attn", view="fused_v"),
+        "attn.hook_pattern": Tap("transformer.h.{l}.attn", view="pattern"),
         "attn.hook_z": Tap("transformer.h.{l}.attn.c_proj", "input", view="heads"),
         "hook_attn_out": Tap("transformer.h.{l}.attn"),
         "hook_resid_mid": Tap("transformer.h.{l}.ln_2", "input"),
+        "ln2.hook_scale": Tap("transformer.h.{l}.ln_2", view="scale"),
         "ln2.hook_out": Tap("transformer.h.{l}.ln_2"),
         "mlp.hook_pre": Tap("transformer.h.{l}.mlp.c_fc"),
         "mlp.hook_post": Tap("transformer.h.{l}.mlp.c_proj", "input"),
         "hook_mlp_out": Tap("transformer.h.{l}.mlp"),
         "hook_resid_post": Tap("transformer.h.{l}"),
+        "ln_final.hook_scale": Tap("transformer.ln_f", view="scale"),
         "ln_final.hook_out": Tap("transformer.ln_f"),
         "hook_unembed": Tap("lm_head"),
     },
@@ -231,3 +239,24 @@ def view_out(original: torch.Tensor, new: torch.Tensor, view: str) -> torch.Tens
     pieces = [original[..., i * d : (i + 1) * d] for i in range(3)]
     pieces[part] = flat
     return torch.cat(pieces, -1)
+
+
+def norm_kind(module: torch.nn.Module) -> Literal["layernorm", "rmsnorm"]:
+    """Whether a normalisation module centres its input (LayerNorm) or not (RMSNorm)."""
+    if isinstance(module, torch.nn.LayerNorm):
+        return "layernorm"
+    name = type(module).__name__.lower()
+    if "rms" in name:
+        return "rmsnorm"
+    if "layernorm" in name:
+        return "layernorm"
+    raise InputError(f"{type(module).__name__} is not a normalisation module conceptkit knows (LayerNorm, RMSNorm)")
+
+
+def norm_eps(module: torch.nn.Module) -> float:
+    """The epsilon a normalisation module adds to the variance."""
+    for attr in ("eps", "variance_epsilon", "epsilon"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    raise InputError(f"{type(module).__name__} has no epsilon attribute (eps or variance_epsilon)")

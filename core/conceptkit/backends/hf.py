@@ -15,12 +15,12 @@ import torch
 
 from conceptkit.backends import module_hooks
 from conceptkit.backends.base import Model, ModelRef, SiteFn
-from conceptkit.backends.families import apply_prefix, detect, view_in, view_out
+from conceptkit.backends.families import apply_prefix, detect, norm_eps, norm_kind, view_in, view_out
 from conceptkit.backends.weights import Weights, weights_of
 from conceptkit.capabilities import Capability
 from conceptkit.data import Batch, PaddingSide
 from conceptkit.errors import InputError
-from conceptkit.handles import Handle
+from conceptkit.handles import Handle, HandleGroup
 from conceptkit._dist import dist_version
 from conceptkit.sites import BLOCK_SITES, GLOBAL_SITES_AFTER, GLOBAL_SITES_BEFORE, canonical_sites, parse
 
@@ -79,10 +79,20 @@ class HFModel(Model):
         return int(getattr(self._cfg, "hidden_size", None) or getattr(self._cfg, "n_embd"))
 
     @property
+    def vocab_size(self) -> int | None:
+        value = getattr(self._cfg, "vocab_size", None)
+        return int(value) if value else None
+
+    @property
+    def max_context(self) -> int | None:
+        value = getattr(self._cfg, "max_position_embeddings", None) or getattr(self._cfg, "n_positions", None)
+        return int(value) if value else None
+
+    @property
     def is_encoder(self) -> bool:
         return self.family.post_ln or not hasattr(self.hf, "lm_head")
 
-    def sites(self) -> list[str]:
+    def native_sites(self) -> list[str]:
         return list(self._sites)
 
     def raw_sites(self) -> list[str]:
@@ -98,6 +108,11 @@ class HFModel(Model):
             tap = self.family.taps[parsed.kind]
             path = self._path(parsed.kind, parsed.layer)
             w = self._weights
+            if tap.view == "scale":
+                module = self._modules[path]  # type: ignore[index]
+                return module_hooks.attach_norm_scale(module, fn, norm_kind(module), norm_eps(module))
+            if tap.view == "pattern":
+                return self._attach_pattern(self._modules[path], parsed.layer, fn)  # type: ignore[index,arg-type]
             return module_hooks.attach(
                 self._modules[path],  # type: ignore[index]
                 tap.io,
@@ -107,6 +122,43 @@ class HFModel(Model):
             )
         path, _, io = site.partition(":")
         return module_hooks.attach(self._modules[path], io or "output", fn)
+
+    def _attach_pattern(self, attn: torch.nn.Module, layer: int, fn: SiteFn) -> Handle:
+        """``attn.hook_pattern`` from an eager attention module's returned weights ``[B,H,Tq,Tk]``.
+
+        The weights are already used when the module returns, so a replacement ``P'`` is added
+        as ``out + ((P' - P) V) W_O``: attention output is linear in the pattern, so this equals
+        the module recomputed with ``P'`` (and carries the gradient with respect to ``P'``).
+        """
+        values: list[torch.Tensor] = []
+
+        def keep_v(t: torch.Tensor) -> None:
+            values[:] = [t]
+
+        def hook(mod: torch.nn.Module, args: Any, output: Any) -> Any:
+            if not (isinstance(output, tuple) and len(output) > 1 and isinstance(output[1], torch.Tensor)):
+                raise InputError(
+                    f"blocks.{layer}.attn.hook_pattern needs eager attention; this model runs "
+                    f"{getattr(self._cfg, '_attn_implementation', 'another implementation')!r}"
+                )
+            pattern = output[1]
+            new = fn(pattern)
+            if new is None:
+                return None
+            v = values[0]  # [B, Tk, H_kv, d_head]
+            v = v.repeat_interleave(pattern.shape[1] // v.shape[2], dim=2)
+            delta = torch.einsum("bhqk,bkhd->bqhd", new - pattern, v)
+            w_o = self._weights.W_O(layer).to(delta)
+            return (output[0] + torch.einsum("bqhd,hde->bqe", delta, w_o), new, *output[2:])
+
+        group = HandleGroup(description=f"pattern hook on layer {layer}")
+        try:
+            group.add(self._attach(f"blocks.{layer}.attn.hook_v", keep_v))
+            group.add(Handle(attn.register_forward_hook(hook).remove, f"pattern hook on {type(attn).__name__}"))
+        except BaseException:
+            group.remove()
+            raise
+        return group
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         out = self.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)

@@ -65,6 +65,33 @@ def attach(
     return Handle(handle.remove, f"{io} hook on {type(module).__name__}")
 
 
+def attach_norm_scale(
+    module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor | None], kind: str, eps: float
+) -> Handle:
+    """The ``hook_scale`` of a norm module: ``sqrt(mean(x_c^2) + eps)`` ``[B, T, 1]`` (TL's divisor).
+
+    The module computes its own scale internally, so a replacement ``s'`` is applied to its output:
+    ``(out - bias) * s / s' + bias``, which equals the norm recomputed with ``s'`` (and carries
+    the gradient with respect to ``s'``).
+    """
+
+    def hook(mod: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        x = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
+        xc = x - x.mean(-1, keepdim=True) if kind == "layernorm" else x
+        scale = (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        new = fn(scale)
+        if new is None:
+            return None
+        out, put = _first(output)
+        bias = getattr(mod, "bias", None)
+        if bias is None:
+            return put(out * (scale / new))
+        return put((out - bias) * (scale / new) + bias)
+
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    return Handle(handle.remove, f"scale hook on {type(module).__name__}")
+
+
 def hook_registry(module: torch.nn.Module, prefix: str = "") -> list[tuple[str, str, int]]:
     """Every torch hook registered anywhere in ``module``: ``(module path, kind, hook id)``.
 

@@ -97,10 +97,20 @@ class TransformerLensModel(Model):
         return int(self.tl.cfg.d_model)
 
     @property
+    def vocab_size(self) -> int | None:
+        value = getattr(self.tl.cfg, "d_vocab", None)
+        return int(value) if value and value > 0 else None
+
+    @property
+    def max_context(self) -> int | None:
+        value = getattr(self.tl.cfg, "n_ctx", None)
+        return int(value) if value and value > 0 else None
+
+    @property
     def is_encoder(self) -> bool:
         return self.post_ln
 
-    def sites(self) -> list[str]:
+    def native_sites(self) -> list[str]:
         return list(self._map)
 
     def raw_sites(self) -> list[str]:
