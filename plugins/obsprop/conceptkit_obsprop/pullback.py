@@ -183,7 +183,7 @@ def project_to_level_set(
         new = x0 - ((val.detach() - target + grad @ (x0 - x)) / gg) * grad
         moved = (new - x).norm()
         x = new.detach()
-        if moved <= tol * (1 + x.norm()) and abs(float(val) - target) < 1e-5 * (1 + abs(target)):
+        if moved <= tol * (1 + x.norm()) and abs(float(val.detach()) - target) < 1e-5 * (1 + abs(target)):
             break
     return x
 
