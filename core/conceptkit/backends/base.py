@@ -415,43 +415,38 @@ class Model:
         *,
         max_new_tokens: int = 20,
         temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
         seed: int | None = None,
+        policy: Any = None,
+        chat: bool | None = None,
+        positions: str = "all",
+        return_steps: bool = False,
         batch_size: int = 8,
-    ) -> list[str]:
-        """Generate continuations with interventions applied at every step.
+        use_cache: bool = True,
+    ) -> Any:
+        """Generate continuations (a :class:`conceptkit.generation.Generation`, a ``list[str]``).
 
-        Runs the full sequence at each step (no KV cache) and pads on the left, so position
-        semantics of interventions stay simple and identical on every backend.
+        Interventions apply at every step; a ``policy`` reads sites after each forward and
+        chooses the next step's interventions. Uses the KV cache (``_forward_cached``) where the
+        backend has one. Positions, policies, sampling and chat: :mod:`conceptkit.generation`.
         """
-        if self.tokenizer is None:
-            raise InputError(f"model {self.name!r} has no tokenizer to decode with")
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        eos = self.tokenizer.eos_token_id
-        texts: list[str] = []
-        for batch in self.batches(inputs, batch_size, padding_side="left"):
-            ids, mask = batch.input_ids, batch.attention_mask
-            done = torch.zeros(len(batch), dtype=torch.bool)
-            new_tokens: list[torch.Tensor] = []
-            for _ in range(max_new_tokens):
-                step = Batch(ids, mask, "left")
-                with self._running(step, interventions), torch.inference_mode():
-                    logits = self._forward(step)[:, -1, :].float()
-                if temperature > 0:
-                    probs = torch.softmax(logits / temperature, -1)
-                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                else:
-                    nxt = logits.argmax(-1)
-                if eos is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-                    done |= nxt == eos
-                new_tokens.append(nxt)
-                ids = torch.cat([ids, nxt.unsqueeze(1)], 1)
-                mask = torch.cat([mask, torch.ones_like(nxt).unsqueeze(1)], 1)
-                if done.all():
-                    break
-            generated = torch.stack(new_tokens, 1)
-            texts.extend(self.tokenizer.batch_decode(generated, skip_special_tokens=True))
-        return texts
+        from conceptkit.generation import generate
+
+        return generate(
+            self, inputs, interventions, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed, policy=policy, chat=chat, positions=positions,  # type: ignore[arg-type]
+            return_steps=return_steps, batch_size=batch_size, use_cache=use_cache,
+        )
+
+    def _forward_cached(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """One incremental forward for generation: logits ``[B, t, V]`` of the ``t`` new columns
+        and the extended cache. ``attention_mask`` spans cache + new columns; ``past`` is None
+        for the prefill. Backends without a KV cache leave this unimplemented (generation then
+        recomputes the whole sequence at each step)."""
+        raise NotImplementedError(f"backend {self.backend_name!r} has no KV cache")
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def __repr__(self) -> str:

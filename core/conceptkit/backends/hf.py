@@ -165,6 +165,23 @@ class HFModel(Model):
         logits = getattr(out, "logits", None)
         return logits if logits is not None and not self.family.post_ln else out.last_hidden_state
 
+    def _forward_cached(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """The new columns through HF's own KV cache (``use_cache=True``; transformers 5 names
+        the cache argument and output ``cache``, older versions ``past_key_values``)."""
+        if self.is_encoder:
+            raise NotImplementedError("an encoder has no KV cache")
+        if not hasattr(self, "_cache_kwarg"):
+            import inspect
+
+            params = inspect.signature(self.hf.forward).parameters
+            self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        kwargs = {self._cache_kwarg: past} if past is not None else {}
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs)
+        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+        return out.logits, cache
+
     @property
     def weights(self) -> Weights:
         return self._weights

@@ -8,6 +8,7 @@ mean other tensors (hook_points.md §4); those sites are remapped or not listed.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -147,6 +148,41 @@ class TransformerLensModel(Model):
                 self.tl(batch.input_ids, attention_mask=batch.attention_mask, return_type=None, **self._positions(batch))
             return out["h"]
         return self.tl(batch.input_ids, attention_mask=batch.attention_mask, return_type="logits", **self._positions(batch))
+
+    def _forward_cached(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """The new columns through the bridge's ``return_type="logits_and_cache"`` (HF's cache).
+
+        TransformerLens 4.3's attention bridges look for the cache in ``past_key_values`` or
+        ``layer_past``, but transformers 5 passes it to attention layers as ``cache``, so the
+        bridge would leave it empty (every step then attends to itself alone). For the length of
+        the call, pre-hooks copy ``cache`` to ``past_key_values``. Native and post-LN bridges have
+        no HF cache: generation recomputes the sequence there.
+        """
+        if self.post_ln or self._family is None or self._family.name == "tl_native":
+            raise NotImplementedError("this TransformerLens model has no HF KV cache")
+
+        def alias(module: Any, args: tuple, kwargs: dict) -> Any:
+            if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+                return args, {**kwargs, "past_key_values": kwargs["cache"]}
+            return None
+
+        if not hasattr(self, "_kv_modules"):
+            self._kv_modules = [m for m in self.tl.modules() if hasattr(m, "_update_kv_cache")]
+        handles = [m.register_forward_pre_hook(alias, with_kwargs=True) for m in self._kv_modules]
+        try:
+            extra = {"past_key_values": past} if past is not None else {}
+            with warnings.catch_warnings():  # the bridge passes HF the cache by its old name
+                warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
+                logits, cache = self.tl(
+                    input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                    return_type="logits_and_cache", **extra,
+                )
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, cache
 
     def _positions(self, batch: Batch) -> dict[str, torch.Tensor]:
         # HF-backed bridges forward extra kwargs to the HF model; native models take none.
