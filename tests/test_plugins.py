@@ -78,7 +78,7 @@ def test_core_plugin_is_listed_with_distribution_and_hooks():
     core = next(p for p in ck.plugins() if p["name"] == "conceptkit")
     assert core["distribution"] == "conceptkit"
     assert core["version"] == ck.__version__
-    assert set(core["hooks"]) == {"register_backends", "register_models"}
+    assert set(core["hooks"]) == {"register_backends", "register_models", "register_components"}
     assert {"transformer_lens", "nnsight", "diffusers"} <= set(core["backends"])
 
 

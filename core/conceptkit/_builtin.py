@@ -72,3 +72,14 @@ def register_models(register: Callable[..., None]) -> None:
         register(f"tiny-{kind}", _lazy_tiny(kind), f"tiny random HF {kind} (2 layers, d=64), for tests", lm)
     register("tiny-tl-native", _lazy_loader("load_tiny_native"), "tiny random TransformerLens boot_native model", ("transformer_lens",))
     register("tiny-unet", _lazy_loader("load_tiny_unet"), "tiny random diffusers UNet2DConditionModel", ("diffusers",))
+
+
+@hookimpl
+def register_components(register: Callable[..., None]) -> None:
+    # Called on the first component lookup (not when plugins are listed), so torch may load here.
+    from conceptkit import interventions, objectives
+
+    for op in interventions.BUILTIN:
+        register("intervention", op)
+    for objective in objectives.BUILTIN:
+        register("objective", objective)

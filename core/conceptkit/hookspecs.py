@@ -49,3 +49,14 @@ def register_commands(cli: Any) -> None:
 @hookspec
 def record_saved(record: Any, store: Any) -> None:
     """Event: a record was written to a store (for indexing, syncing or logging plugins)."""
+
+
+@hookspec
+def register_components(register: Callable[[str, type], None]) -> None:
+    """Register components: ``register(family, cls)``.
+
+    ``family`` is ``"intervention"``, ``"objective"``, ``"virtual_site"`` or ``"weight_edit"``;
+    ``cls`` is a pydantic model whose ``Literal`` field (``op`` for interventions, ``kind`` for
+    the others) names it, so it round-trips through JSON. A name already taken is a plugin
+    error. Components are collected on first lookup (:mod:`conceptkit.components`).
+    """

@@ -4,12 +4,17 @@ Each intervention is pydantic data (``op`` selects the kind) with one method, ``
 that maps the site's activations ``x [B, T, ..., d]`` to new ones, touching only the token rows
 where ``mask [B, T]`` is true. Backends attach them as hooks; the same object works in ``run``,
 ``generate``, ``grad`` and ``with model.intervene([...])`` on every backend.
+
+The set of ops is open: a plugin subclasses :class:`Intervention` with an ``op: Literal[...]``
+field and a ``transform`` (or ``apply``), and registers it through ``register_components``;
+:func:`parse` finds every registered op by name (:mod:`conceptkit.components`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Annotated, Literal, Union
+from typing import Literal, Union
 
 import pydantic
 import torch
@@ -20,7 +25,9 @@ from conceptkit.tensors import TensorField
 Positions = Union[Literal["all", "last", "first"], list[int]]
 
 
-class _Base(pydantic.BaseModel):
+class Intervention(pydantic.BaseModel):
+    """Base of every intervention op: ``site``, ``positions`` and ``apply``/``transform``."""
+
     model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
     site: str
@@ -28,6 +35,11 @@ class _Base(pydantic.BaseModel):
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         new = self.transform(x)
+        if new.shape != x.shape:
+            raise InputError(
+                f"{self.op} intervention at {self.site!r} changed the activations' shape from "  # type: ignore[attr-defined]
+                f"{tuple(x.shape)} to {tuple(new.shape)}; an intervention must keep it"
+            )
         m = mask.to(x.device).reshape(*mask.shape, *([1] * (x.dim() - 2)))
         return torch.where(m, new, x)
 
@@ -41,30 +53,73 @@ class _Base(pydantic.BaseModel):
                 f"activations have width {x.shape[-1]}"
             )
 
+    def _check_vector(self, x: torch.Tensor, v: torch.Tensor, what: str) -> None:
+        """``v`` is one vector for every token: shape ``x.shape[2:]``, or ``[d]`` broadcast."""
+        if tuple(v.shape) == tuple(x.shape[2:]):
+            return
+        if v.dim() == 1:
+            self._check_width(x, v.shape[0], what)
+            return
+        raise InputError(
+            f"{self.op} intervention at {self.site!r}: {what} has shape {tuple(v.shape)} but each token's "  # type: ignore[attr-defined]
+            f"activation has shape {tuple(x.shape[2:])}"
+        )
 
-class Add(_Base):
-    """``x + coeff * vector`` (steering)."""
+
+_Base = Intervention  # the name used before the ops were opened to plugins
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return value
+
+
+def _not_scalar(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.dim() == 0:
+        raise ValueError(f"{what} must be a vector, got a 0-d tensor ({t.item()!r})")
+    return t
+
+
+class Add(Intervention):
+    """``x + coeff * vector`` (steering). ``vector`` is ``[d]`` (or a token's full shape, e.g.
+    ``[H, d_head]`` at a head site)."""
 
     op: Literal["add"] = "add"
     vector: TensorField
     coeff: float = 1.0
 
+    @pydantic.field_validator("vector")
+    @classmethod
+    def _vector(cls, v: torch.Tensor) -> torch.Tensor:
+        return _not_scalar(v, "the Add vector")
+
+    @pydantic.field_validator("coeff")
+    @classmethod
+    def _coeff(cls, v: float) -> float:
+        return _finite(v, "the Add coeff")
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_width(x, self.vector.shape[-1], "the vector")
+        self._check_vector(x, self.vector, "the vector")
         return x + self.coeff * self.vector.to(x.dtype).to(x.device)
 
 
-class Scale(_Base):
+class Scale(Intervention):
     """``factor * x``."""
 
     op: Literal["scale"] = "scale"
     factor: float
 
+    @pydantic.field_validator("factor")
+    @classmethod
+    def _factor(cls, v: float) -> float:
+        return _finite(v, "the Scale factor")
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.factor
 
 
-class ProjectOut(_Base):
+class ProjectOut(Intervention):
     """Remove the span of ``directions [k, d]`` (orthonormalised here): ``x - x Q Qᵀ``."""
 
     op: Literal["project_out"] = "project_out"
@@ -78,12 +133,22 @@ class ProjectOut(_Base):
         return x - (x @ q) @ q.T
 
 
-class Affine(_Base):
-    """``x @ weight.T + bias`` (an eraser, a change of basis)."""
+class Affine(Intervention):
+    """``x @ weight.T + bias`` (an eraser, a change of basis); ``weight`` is square ``[d, d]``,
+    since the rest of the model reads the site at its own width."""
 
     op: Literal["affine"] = "affine"
     weight: TensorField
     bias: TensorField | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _shapes(self) -> "Affine":
+        w = self.weight
+        if w.dim() != 2 or w.shape[0] != w.shape[1]:
+            raise ValueError(f"the Affine weight must be square [d, d] (it may not change the width), got shape {tuple(w.shape)}")
+        if self.bias is not None and tuple(self.bias.shape) != (w.shape[0],):
+            raise ValueError(f"the Affine bias must have shape ({w.shape[0]},), got {tuple(self.bias.shape)}")
+        return self
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         self._check_width(x, self.weight.shape[-1], "the weight's input")
@@ -93,18 +158,24 @@ class Affine(_Base):
         return out
 
 
-class Replace(_Base):
-    """Set the activations to ``value`` (broadcast over the selected tokens)."""
+class Replace(Intervention):
+    """Set the activations to ``value`` (broadcast over the selected tokens): ``[d]`` or a
+    token's full shape."""
 
     op: Literal["replace"] = "replace"
     value: TensorField
 
+    @pydantic.field_validator("value")
+    @classmethod
+    def _value(cls, v: torch.Tensor) -> torch.Tensor:
+        return _not_scalar(v, "the Replace value")
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_width(x, self.value.shape[-1], "the value")
+        self._check_vector(x, self.value, "the value")
         return self.value.to(x.dtype).to(x.device).expand_as(x)
 
 
-class ClampFeatures(_Base):
+class ClampFeatures(Intervention):
     """Clamp SAE features: encode, set ``features`` to ``value``, add back the decoded change.
 
     Only the change in the chosen features is written back (``x + (f' - f) W_dec``), so the
@@ -119,6 +190,15 @@ class ClampFeatures(_Base):
     features: list[int]
     value: float = 0.0
 
+    @pydantic.model_validator(mode="after")
+    def _features(self) -> "ClampFeatures":
+        n = self.W_enc.shape[-1]
+        bad = [f for f in self.features if not 0 <= f < n]
+        if bad:
+            raise ValueError(f"feature index {bad[0]} is out of range: the SAE has features 0 to {n - 1}")
+        _finite(self.value, "the clamp value")
+        return self
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         self._check_width(x, self.W_enc.shape[0], "the SAE encoder")
         W_enc, b_enc = self.W_enc.to(x), self.b_enc.to(x)
@@ -129,23 +209,26 @@ class ClampFeatures(_Base):
         return x + delta
 
 
-Intervention = Annotated[
-    Union[Add, Scale, ProjectOut, Affine, Replace, ClampFeatures], pydantic.Field(discriminator="op")
-]
-_ADAPTER = pydantic.TypeAdapter(Intervention)
+#: The ops that ship with conceptkit (registered through ``_builtin.register_components``).
+BUILTIN: tuple[type[Intervention], ...] = (Add, Scale, ProjectOut, Affine, Replace, ClampFeatures)
 
 
-def parse(value: object) -> "_Base":
-    """An intervention from a dict (e.g. JSON) or an intervention object."""
-    if isinstance(value, _Base):
+def parse(value: object) -> Intervention:
+    """An intervention from a dict (e.g. JSON, any registered ``op``) or an intervention object."""
+    if isinstance(value, Intervention):
         return value
-    return _ADAPTER.validate_python(value)
+    from conceptkit import components
+
+    parsed = components.parse("intervention", value)
+    if not isinstance(parsed, Intervention):
+        raise InputError(f"{parsed!r} is not an intervention (subclass conceptkit.interventions.Intervention)")
+    return parsed
 
 
-def parse_all(values: Sequence[object] | None) -> list["_Base"]:
+def parse_all(values: Sequence[object] | None) -> list[Intervention]:
     return [parse(v) for v in (values or [])]
 
 
-def dump(interventions: Sequence["_Base"]) -> list[dict]:
+def dump(interventions: Sequence[Intervention]) -> list[dict]:
     """JSON-safe form of a list of interventions (round-trips through :func:`parse`)."""
     return [iv.model_dump(mode="json") for iv in interventions]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import pydantic
 import torch
 
 from conceptkit.errors import InputError
@@ -52,6 +53,17 @@ class VirtualSiteProvider(Protocol):
         (a returned tensor replaces ``t`` downstream), and return the new base activation, or
         ``None`` when nothing was replaced (so an untouched forward stays bit-identical)."""
         ...
+
+
+class VirtualSiteSpec(pydantic.BaseModel):
+    """Virtual sites as data (a registered ``virtual_site`` component): ``kind`` names it and
+    ``build(model)`` returns the provider, so ``model.add_virtual_sites({"kind": ..., ...})``
+    works from JSON (an SAE record id and a site, say)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+    def build(self, model: "Model") -> VirtualSiteProvider:
+        raise NotImplementedError  # pragma: no cover - abstract
 
 
 def compose(fns: list[SiteFn]) -> SiteFn:
@@ -107,7 +119,16 @@ class VirtualSites:
         return out
 
     def add(self, model: "Model", provider: Any) -> Handle:
-        """Register ``provider``'s names on ``model``; the handle removes them (and their hooks)."""
+        """Register ``provider``'s names on ``model``; the handle removes them (and their hooks).
+
+        ``provider`` may also be a ``virtual_site`` component (object or dict), built here."""
+        if isinstance(provider, (dict, pydantic.BaseModel)) and not isinstance(provider, VirtualSiteProvider):
+            from conceptkit import components
+
+            spec = components.parse("virtual_site", provider)
+            if not hasattr(spec, "build"):
+                raise InputError(f"virtual_site component {spec!r} has no build(model) method")
+            provider = spec.build(model)
         if not isinstance(provider, VirtualSiteProvider):
             raise InputError(f"{provider!r} is not a virtual-site provider: it needs base_site, names() and run()")
         model.resolve_site(provider.base_site)
