@@ -2,21 +2,41 @@
 
 Gradients of the objective at each site are computed once for all target inputs and reused for
 every CAV (``S = G @ v``): that is what makes TCAV cheap, where captum recomputes activations
-and gradients per experimental set.
+and gradients per experimental set. Activations and gradients go through a disk cache
+(:mod:`conceptkit_tcav.cache`), so re-running with another test, probe or random draw does
+not touch the model. CAVs are fitted in batches (``conceptkit.probes.fit_probes``), which is
+what makes the calibrated Monte Carlo test (:mod:`conceptkit_tcav.experiment`) affordable.
 """
 
 from __future__ import annotations
 
-import random
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import conceptkit as ck
 from conceptkit.errors import InputError
-from conceptkit_tcav.config import ConceptSpec, TCAVConfig
+from conceptkit_tcav.config import DEFAULT_DEPTH, ConceptSpec, TCAVConfig
 
 if TYPE_CHECKING:  # the heavy modules (torch, sklearn) load when the method runs, not when listed
     from conceptkit import concepts as library
-    from conceptkit_tcav.result import TCAVResult, TCAVRow
+    from conceptkit_tcav.result import TCAVResult
+
+ANTICONSERVATIVE = "anticonservative: treats runs that share the concept's examples as independent"
+TEST_NOTES = {
+    "monte_carlo": "calibrated Monte Carlo test: the experiment replayed with pseudo-concepts",
+    "two_sample_random": f"TF's run-level two-sample t-test vs random-random runs; {ANTICONSERVATIVE}",
+    "one_sample_0.5": f"the paper's one-sample t-test vs 0.5; {ANTICONSERVATIVE}",
+}
+
+
+class PositionMismatchWarning(UserWarning):
+    """CAVs and gradients are read at different kinds of token position."""
+
+
+def default_site(model: ck.Model) -> str:
+    """The residual stream after the layer at 60% of the model's depth (layer 18 of 30 on SmolLM2)."""
+    layer = min(model.n_layers - 1, max(0, round(DEFAULT_DEPTH * model.n_layers)))
+    return f"blocks.{layer}.hook_resid_post"
 
 
 def _concept(spec: str | ConceptSpec) -> "library.ConceptSet":
@@ -51,19 +71,43 @@ def _objective(config: TCAVConfig, model: ck.Model) -> Any:
     return lambda out, batch: -log_prob(out, batch)
 
 
+def _template(template: str, field: str) -> str:
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError) as err:
+        raise InputError(f"{field} {template!r} must contain one '{{}}' where the text goes ({err})") from None
+    if "{}" not in template:
+        raise InputError(f"{field} {template!r} has no '{{}}' where the text goes")
+    return template
+
+
+def position_note(concept_template: str, target_template: str, reduction: str) -> str:
+    """Why CAVs and gradients may be read at different kinds of position ('' when they are not)."""
+    if reduction != "last":
+        return ""
+    after_c, after_t = concept_template.split("{}", 1)[1], target_template.split("{}", 1)[1]
+    if after_c == after_t:
+        return ""
+    return (
+        f"CAVs are read at the last token of concept examples formatted as {concept_template!r} but gradients at the "
+        f"last token of targets formatted as {target_template!r}: different kinds of position (set concept_template)"
+    )
+
+
 class TCAV(ck.Method):
     name = "tcav"
-    description = "Testing with concept activation vectors (Kim et al. 2018), with significance tests."
+    description = "Testing with concept activation vectors (Kim et al. 2018), with a calibrated significance test."
     Config = TCAVConfig
     requires = frozenset({ck.Capability.GRADIENTS})
 
     def compute(self, model: ck.Model, config: TCAVConfig, store: Any) -> "TCAVResult":
+        import numpy as np
         import torch
 
-        from conceptkit import concepts as library
-        from conceptkit.probes import fit_probe
+        from conceptkit_tcav import experiment as ex
+        from conceptkit_tcav.cache import FeatureCache
         from conceptkit_tcav.result import TCAVResult
-        from conceptkit_tcav.scores import directional_derivatives, run_scores
+        from conceptkit_tcav.scores import TestOutcome, batch_scores, t_test
 
         concept_sets = [_concept(c) for c in config.concepts]
         names = [c.name for c in concept_sets]
@@ -76,143 +120,211 @@ class TCAV(ck.Method):
             raise InputError("relative TCAV needs at least two concepts")
         if not config.targets:
             raise InputError("no target inputs")
-        for site in config.sites:
+        sites = list(config.sites) if config.sites else [default_site(model)]
+        for site in sites:
             model.resolve_site(site)
-        targets = [config.target_template.format(t) for t in config.targets]
-        test = config.test if config.test != "auto" else ("one_sample_0.5" if config.relative else "two_sample_random")
-        bonferroni = config.bonferroni if config.bonferroni is not None else test == "one_sample_0.5"
+        target_template = _template(config.target_template, "target_template")
+        concept_template = _template(config.concept_template if config.concept_template is not None else target_template, "concept_template")
+        mismatch = position_note(concept_template, target_template, config.reduction)
+        if mismatch:
+            warnings.warn(mismatch, PositionMismatchWarning, stacklevel=2)
+        targets = [target_template.format(t) for t in config.targets]
+        test = config.test if config.test != "auto" else "monte_carlo"
+        bonferroni = (config.bonferroni if config.bonferroni is not None else test == "one_sample_0.5") and test != "monte_carlo"
         threshold = config.alpha / 2 if bonferroni else config.alpha
+        if config.tgcav is not None and len(sites) < 2:
+            raise InputError(f"TGCAV fuses CAVs across layers: give at least 2 sites, got {sites}")
 
         objective = _objective(config, model)  # a multi-token target fails here, before compute
+        objective_key = {"objective": config.objective, "gradient_of": config.gradient_of}
+        recipe = ex.Recipe(
+            kind=config.probe, C=config.C, standardize=config.standardize, test_size=config.test_size,
+            normalize=config.normalize_cav, class_weight="balanced" if config.balance == "class_weight" else None,
+            min_accuracy=config.min_cav_accuracy, count_negative=config.gradient_of == "loss",
+        )
+        balanced = config.balance in ("truncate", "subsample")
+        m = config.n_random
 
-        # Examples: the concept sets and, for plain TCAV, disjoint random sets from the pool.
-        randoms: list = []
+        # Texts: every concept example and, for plain TCAV, the pool (the Monte Carlo replays draw
+        # pseudo-concepts and random sets from all of it), all in the concept template.
+        concept_texts = [[concept_template.format(e) for e in c.examples] for c in concept_sets]
+        pool_texts: list[str] = []
         if not config.relative:
             pool = _pool(config.random_pool)
-            concept_texts = {e for c in concept_sets for e in c.examples}
-            available = len([e for e in pool.examples if e not in concept_texts])
-            size = config.random_size or min(min(len(c) for c in concept_sets), available // config.n_random)
-            if size < 4:
-                raise InputError(
-                    f"the random pool {pool.name!r} has {available} usable examples: too few for {config.n_random} random sets"
-                )
-            randoms = library.random_sets(config.n_random, size, pool, seed=config.seed, exclude=concept_texts)
-        texts = list(dict.fromkeys([e for c in concept_sets + randoms for e in c.examples]))
-        position = {t: i for i, t in enumerate(texts)}
-        acts = model.capture(texts, config.sites, reduce=config.reduction, batch_size=config.batch_size)
+            used = {e for c in concept_sets for e in c.examples}
+            pool_texts = [concept_template.format(e) for e in dict.fromkeys(pool.examples) if e not in used]
+        all_texts = list(dict.fromkeys([t for ts in concept_texts for t in ts] + pool_texts))
+        row_of = {t: i for i, t in enumerate(all_texts)}
+        cache = FeatureCache(model, enabled=config.cache)
+        acts = cache.activations(all_texts, sites, config.reduction, config.batch_size)
 
         result = TCAVResult(n_targets=len(targets))
         result.conventions = {
             "mode": "relative" if config.relative else "concept_vs_random",
             "probe": config.probe,
+            "C": config.C,
             "standardize": config.standardize if config.standardize is not None else config.probe == "logistic",
             "balance": config.balance,
             "normalize_cav": config.normalize_cav,
+            "min_cav_accuracy": config.min_cav_accuracy,
             "gradient_of": config.gradient_of,
             "counted_sign": "S < 0" if config.gradient_of == "loss" else "S > 0",
             "test": test,
+            "test_note": TEST_NOTES[test],
+            "n_null": config.n_null if test == "monte_carlo" else 0,
+            "alternative": config.alternative if test == "monte_carlo" else "two-sided",
             "equal_var": config.equal_var,
             "bonferroni": bonferroni,
             "alpha": config.alpha,
             "threshold": threshold,
             "reduction": config.reduction,
-            "n_random": config.n_random,
+            "n_random": m,
             "seed": config.seed,
+            "sites": sites,
+            "target_template": target_template,
+            "concept_template": concept_template,
+            "position_warning": mismatch,
             "magnitude": "magnitude_mean = mean(S) (captum >= 0.5); magnitude_ratio = sum|S+|/sum|S|",
         }
 
-        def rows_of(c: Any, site_acts: torch.Tensor) -> torch.Tensor:
-            return site_acts[[position[e] for e in c.examples]]
+        def rows(texts: list[str], site: str) -> torch.Tensor:
+            return acts[site][[row_of[t] for t in texts]].double()
 
-        for site in config.sites:
-            site_acts = acts[site]
-            G = model.grad(targets, site, objective, reduce=config.reduction, batch_size=config.batch_size)  # once per site
+        def outcome_for(runs: ex.Runs, null: list[tuple[float, float]] | None, baseline: list[float] | None) -> TestOutcome:
+            if len(targets) < 2:
+                return TestOutcome(float("nan"), "", "1 target input: each run scores 0 or 1; give more targets to test")
+            if runs.n_dropped > m / 4:
+                return TestOutcome(float("nan"), "", f"{runs.n_dropped}/{m} CAVs near chance (accuracy < {config.min_cav_accuracy}): not tested")
+            if test == "monte_carlo":
+                from conceptkit_tcav.scores import monte_carlo_p
 
-            def score(pos: torch.Tensor, neg: torch.Tensor, seed: int) -> tuple[Any, torch.Tensor, float]:
-                probe = fit_probe(
-                    pos, neg, config.probe, balance=config.balance, test_size=config.test_size, seed=seed,
-                    normalize=config.normalize_cav, standardize=config.standardize,
-                )
-                S = directional_derivatives(G, probe.direction)
-                return run_scores(S, count_negative=config.gradient_of == "loss"), probe.direction, probe.accuracy
+                return monte_carlo_p(runs.statistic, null or [], config.alternative)
+            kept = runs.signs[runs.keep].tolist()
+            return t_test(kept, baseline, test, config.equal_var)
 
-            baseline_scores: list[float] | None = None
-            anchor_means: list[float] | None = None
+        for site in sites:
+            G = cache.gradients(targets, site, config.reduction, objective_key, objective, config.batch_size).double()
+            per_site_cavs: dict[str, ex.Runs] = {}
+
             if not config.relative:
-                # Random-random baseline: random_0 against every other random set (TF). The
-                # calibrated test repeats this with every random set as the anchor.
-                anchors = randoms if test == "random_anchors" else randoms[:1]
-                anchor_runs = []
-                for k, anchor in enumerate(anchors):
-                    others = [r for r in randoms if r is not anchor]
-                    anchor_runs.append([score(rows_of(anchor, site_acts), rows_of(r, site_acts), config.seed + j) for j, r in enumerate(others)])
-                base_runs = anchor_runs[0]
-                baseline_scores = [s.sign for s, _, _ in base_runs]
-                anchor_means = [float(sum(s.sign for s, _, _ in runs) / len(runs)) for runs in anchor_runs]
-                result.rows.append(self._row("random (baseline)", site, base_runs, baseline_scores, test, config, threshold, is_baseline=True, fp=randoms[0].fingerprint))
+                pool_rows = rows(pool_texts, site)
+                n_pool = len(pool_texts)
+                for ci, c in enumerate(concept_sets):
+                    n_c = len(c)
+                    n_r = config.random_size or n_c
+                    if balanced:
+                        n_r = min(n_r, n_c)
+                    if n_c + n_r > n_pool:
+                        n_r = n_pool - n_c
+                        if n_r < 4:
+                            raise InputError(
+                                f"the random pool has {n_pool} usable examples: too few to draw a pseudo-concept of {n_c} and a random set"
+                            )
+                    n_pos = min(n_c, n_r) if balanced else n_c
+                    plan = ex.Plain(n_concept=n_c, n_pool=n_pool, runs=m, n_pos=n_pos, n_neg=n_r, balance=config.balance)
+                    rng = np.random.default_rng([config.seed, ci])
+                    c_idx, r_idx, disjoint = plan.draw(rng, np.arange(n_pool))
+                    c_rows = rows(concept_texts[ci], site)
+                    runs = ex.fit_runs(c_rows[torch.from_numpy(c_idx)], pool_rows[torch.from_numpy(r_idx)], G, recipe, seed=config.seed)
+                    null: list[tuple[float, float]] | None = None
+                    baseline_scores: list[float] | None = None
+                    random_side = {"n_dropped": 0, "n_cavs": 0, "mean": float("nan"), "std": float("nan")}
+                    untestable = len(targets) < 2 or runs.n_dropped > m / 4
+                    if test == "monte_carlo" and not untestable:
+                        null, means, dropped, total = ex.replays(plan.replay, pool_rows, pool_rows, G, recipe, config.n_null, seed=config.seed + 101 * ci)
+                        random_side = {"n_dropped": dropped, "n_cavs": total, "mean": float(np.mean(means)), "std": float(np.std(means))}
+                    elif test == "two_sample_random":
+                        # TF's baseline: the first random set against the others (drawn afresh, outside it, when sets overlap).
+                        anchor = r_idx[0]
+                        partners = r_idx[1:] if disjoint else np.setdiff1d(np.arange(n_pool), anchor)[
+                            ex.draw_sets(rng, n_pool - len(anchor), m - 1, n_r)[0]]
+                        base = ex.fit_runs(pool_rows[torch.from_numpy(np.tile(anchor, (m - 1, 1)))], pool_rows[torch.from_numpy(partners)], G, recipe, seed=config.seed + 1)
+                        baseline_scores = base.signs[base.keep].tolist()
+                        random_side = {"n_dropped": base.n_dropped, "n_cavs": m - 1, "mean": float(base.signs.mean()), "std": float(base.signs.std(unbiased=False))}
+                    outcome = outcome_for(runs, null, baseline_scores)
+                    result.conventions.setdefault("random_sets", {})[c.name] = {
+                        "size": n_r, "drawn": "disjoint" if disjoint else "with replacement across sets (each set without repeats)",
+                    }
+                    result.rows.append(self._row(c.name, site, runs, G, outcome, threshold, config, c.fingerprint, random_side))
+                    per_site_cavs[c.name] = runs
+            else:
+                pairwise = len(concept_sets) == 2
+                for ci, c in enumerate(concept_sets):
+                    if pairwise and ci == 1:
+                        first = per_site_cavs[concept_sets[0].name]
+                        runs = ex.Runs(-first.directions, first.accuracy, *batch_scores(G, -first.directions, recipe.count_negative), first.keep)
+                        prev = result.rows[-1]
+                        mirrored = TestOutcome(
+                            prev.p_value, {"above": "below", "below": "above"}.get(prev.direction, ""),
+                            prev.test_note, p_greater=prev.p_less, p_less=prev.p_greater,
+                        )
+                        row = self._row(c.name, site, runs, G, mirrored, threshold, config, c.fingerprint, prev.random_side)
+                        row.same_test_as = concept_sets[0].name
+                        result.rows.append(row)
+                        per_site_cavs[c.name] = runs
+                        continue
+                    others = [t for j, ts in enumerate(concept_texts) if j != ci for t in ts]
+                    both = rows(concept_texts[ci] + others, site)
+                    n_c, n_o = len(concept_texts[ci]), len(others)
+                    s_p, s_n = max(4, int(config.subsample * n_c)), max(4, int(config.subsample * n_o))
+                    if balanced:
+                        s_p = s_n = min(s_p, s_n)
+                    plan_r = ex.Relative(n_concept=n_c, n_other=n_o, runs=m, n_pos=s_p, n_neg=s_n)
+                    rng = np.random.default_rng([config.seed, 1000 + ci])
+                    p_idx, n_idx = plan_r.draw(rng, np.arange(n_c), np.arange(n_c, n_c + n_o))
+                    runs = ex.fit_runs(both[torch.from_numpy(p_idx)], both[torch.from_numpy(n_idx)], G, recipe, seed=config.seed)
+                    null = None
+                    random_side = {"n_dropped": 0, "n_cavs": 0, "mean": float("nan"), "std": float("nan")}
+                    if test == "monte_carlo" and not (len(targets) < 2 or runs.n_dropped > m / 4):
+                        null, means, dropped, total = ex.replays(plan_r.replay, both, both, G, recipe, config.n_null, seed=config.seed + 101 * ci)
+                        random_side = {"n_dropped": dropped, "n_cavs": total, "mean": float(np.mean(means)), "std": float(np.std(means))}
+                    outcome = outcome_for(runs, null, None)
+                    result.rows.append(self._row(c.name, site, runs, G, outcome, threshold, config, c.fingerprint, random_side))
+                    per_site_cavs[c.name] = runs
+            for name, runs in per_site_cavs.items():
+                result.cavs[f"{name}|{site}"] = runs.directions.float().tolist()
+                result.cav_accuracies[f"{name}|{site}"] = runs.accuracy.tolist()
 
-            for ci, c in enumerate(concept_sets):
-                pos_all = rows_of(c, site_acts)
-                runs = []
-                if config.relative:
-                    others = [o for o in concept_sets if o is not c]
-                    neg_all = torch.cat([rows_of(o, site_acts) for o in others])
-                    rng = random.Random(config.seed + 1000 * ci)
-                    for i in range(config.n_random):
-                        p_idx = rng.sample(range(len(pos_all)), max(4, int(config.subsample * len(pos_all))))
-                        n_idx = rng.sample(range(len(neg_all)), max(4, int(config.subsample * len(neg_all))))
-                        runs.append(score(pos_all[p_idx], neg_all[n_idx], config.seed + i))
-                else:
-                    for i, r in enumerate(randoms):
-                        runs.append(score(pos_all, rows_of(r, site_acts), config.seed + i))
-                row = self._row(c.name, site, runs, baseline_scores, test, config, threshold, fp=c.fingerprint, anchor_means=anchor_means)
-                result.rows.append(row)
-                result.cavs[f"{c.name}|{site}"] = [v.tolist() for _, v, _ in runs]
-                result.cav_accuracies[f"{c.name}|{site}"] = [a for _, _, a in runs]
+        if config.tgcav is not None:
+            from conceptkit_tcav.gcav import tgcav_for_result
+
+            tgcav_for_result(result, model, config, cache, acts, row_of, concept_texts, pool_texts, targets, objective, objective_key, sites)
         return result
 
     @staticmethod
-    def _row(name: str, site: str, runs: list, baseline: list[float] | None, test: str, config: TCAVConfig,
-             threshold: float, is_baseline: bool = False, fp: str | None = None,
-             anchor_means: list[float] | None = None) -> "TCAVRow":
-        import torch
+    def _row(name: str, site: str, runs: Any, G: Any, outcome: Any, threshold: float, config: TCAVConfig,
+             fp: str | None, random_side: dict[str, Any]) -> Any:
+        import math
 
         from conceptkit_tcav.result import TCAVRow
-        from conceptkit_tcav.scores import anchor_p_value, p_value
+        from conceptkit_tcav.scores import directional_derivatives, run_scores
 
-        accs = [a for _, _, a in runs]
-        mean_acc = float(sum(accs) / len(accs))
-        # A CAV at chance is noise: it is flagged and left out of the score, never silently
-        # scored. A row with more than a quarter of its CAVs at chance is not tested at all.
-        chance = [a < config.min_cav_accuracy for a in accs] if not is_baseline else [False] * len(accs)
-        kept = [run for run, bad in zip(runs, chance) if not bad] or runs
-        low = sum(chance) > len(runs) / 4
-        signs = [s.sign for s, _, _ in kept]
-        t = torch.tensor(signs, dtype=torch.float64)
-        if is_baseline:
-            p = float("nan")
-            significant = False
-        elif test == "random_anchors":
-            p = anchor_p_value(float(t.mean()), anchor_means or [])
-        else:
-            p = p_value(signs, baseline, test, config.equal_var)
-        if not is_baseline:
-            significant = bool(p < threshold) and not low
+        keep = runs.keep if bool(runs.keep.any()) else runs.keep | True
+        per_run = [run_scores(directional_derivatives(G, v), count_negative=config.gradient_of == "loss") for v in runs.directions]
+        kept = [s for s, k in zip(per_run, keep.tolist()) if k]
+        signs = [s.sign for s in kept]
+        mean = sum(signs) / len(signs)
+        tested = not math.isnan(outcome.p_value)
         return TCAVRow(
             concept=name,
             site=site,
-            mean=float(t.mean()),
-            std=float(t.std(unbiased=False)),
-            p_value=p,
-            significant=significant,
-            magnitude_mean=float(sum(s.magnitude_mean for s, _, _ in kept) / len(kept)),
-            magnitude_ratio=float(sum(s.magnitude_ratio for s, _, _ in kept) / len(kept)),
-            cav_accuracy=mean_acc,
-            cav_accuracy_min=float(min(accs)),
-            low_quality=low,
-            n_chance_cavs=sum(chance),
-            n_runs=len(runs),
+            mean=mean,
+            std=float((sum((s - mean) ** 2 for s in signs) / len(signs)) ** 0.5),
+            p_value=outcome.p_value,
+            significant=bool(tested and outcome.p_value < threshold),
+            direction=outcome.direction,
+            tested=tested,
+            test_note=outcome.note,
+            p_greater=outcome.p_greater,
+            p_less=outcome.p_less,
+            magnitude_mean=sum(s.magnitude_mean for s in kept) / len(kept),
+            magnitude_ratio=sum(s.magnitude_ratio for s in kept) / len(kept),
+            cav_accuracy=float(runs.accuracy.mean()),
+            cav_accuracy_min=float(runs.accuracy.min()),
+            low_quality=runs.n_dropped > config.n_random / 4,
+            n_chance_cavs=runs.n_dropped,
+            n_runs=len(per_run),
             scores=signs,
-            baseline=is_baseline,
             examples_fingerprint=fp,
+            random_side=random_side,
         )

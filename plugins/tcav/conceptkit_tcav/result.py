@@ -14,20 +14,27 @@ from conceptkit.api import RecordDraft
 class TCAVRow(pydantic.BaseModel):
     concept: str
     site: str
-    mean: float
+    mean: float  # mean sign score over the kept CAVs
     std: float
-    p_value: float
+    p_value: float  # NaN when no test was possible (see test_note)
     significant: bool
+    direction: str = ""  # "above" / "below" the null (random sets, or permuted labels when relative); "" untested
+    tested: bool = True
+    test_note: str = ""  # why no test was possible, when it was not
+    p_greater: float = float("nan")  # one-sided Monte Carlo p-values
+    p_less: float = float("nan")
     magnitude_mean: float
     magnitude_ratio: float
     cav_accuracy: float  # mean held-out accuracy over runs
     cav_accuracy_min: float
     low_quality: bool  # more than a quarter of the CAVs at chance: not tested
-    n_chance_cavs: int = 0  # CAVs below min_cav_accuracy, left out of the score
+    n_chance_cavs: int = 0  # concept CAVs below min_cav_accuracy, left out of the score
     n_runs: int = 0
     scores: list[float]
-    baseline: bool = False  # the random-random row
+    baseline: bool = False  # kept for old records; no baseline rows are produced now
     examples_fingerprint: str | None = None
+    random_side: dict[str, Any] = pydantic.Field(default_factory=dict)  # null/baseline CAVs: n_dropped, n_cavs, mean, std
+    same_test_as: str | None = None  # relative pair: the row whose test this row mirrors
 
 
 class TCAVResult(ck.Result):
@@ -44,19 +51,44 @@ class TCAVResult(ck.Result):
         raise KeyError(f"no row for concept {concept!r} at site {site!r}")
 
     def summary(self) -> str:
-        lines = [
-            f"TCAV on {self.n_targets} target inputs ({self.conventions.get('test')}, "
-            f"probe {self.conventions.get('probe')}, gradient of {self.conventions.get('gradient_of')}, "
-            f"{self.conventions.get('n_random')} runs)",
-            f"{'concept':<24} {'site':<28} {'score':>6} {'± std':>6} {'p-value':>9}  sig  {'CAV acc':>7}",
-        ]
+        c = self.conventions
+        relative = c.get("mode") == "relative"
+        null = "permuted labels" if relative else "random"
+        test = c.get("test")
+        head = f"TCAV on {self.n_targets} target inputs, {c.get('n_random')} runs, probe {c.get('probe')}, gradient of {c.get('gradient_of')} (counting {c.get('counted_sign')})"
+        if test == "monte_carlo":
+            how = (f"test: monte_carlo, {c.get('n_null')} replays with " + ("label-permuted concepts" if relative else "pseudo-concepts drawn from the pool")
+                   + f", alternative {c.get('alternative')}, alpha {c.get('alpha')} (calibrated)")
+        else:
+            how = f"test: {test}, alpha {c.get('threshold'):.3g} -- ANTICONSERVATIVE: {c.get('test_note')}"
+        lines = [head, how]
+        if c.get("position_warning"):
+            lines.append("warning: " + c["position_warning"])
+        lines.append(f"{'concept':<22} {'site':<26} {'score':>6} {'± std':>6}  {'direction':<16} {'p-value':>8}  sig  {'CAV acc':>7}  dropped c/r")
         for r in self.rows:
-            flag = "yes" if r.significant else "no "
-            quality = f" ({r.n_chance_cavs}/{r.n_runs} CAVs near chance, left out)" if r.n_chance_cavs else ""
-            if r.low_quality:
-                quality += " (near chance: not tested)"
-            name = r.concept
-            lines.append(f"{name:<24} {r.site:<28} {r.mean:6.3f} {r.std:6.3f} {r.p_value:9.2e}  {flag}  {r.cav_accuracy:7.3f}{quality}")
+            if r.baseline:
+                continue
+            side = r.random_side or {}
+            dropped = f"{r.n_chance_cavs}/{r.n_runs} {side.get('n_dropped', 0)}/{side.get('n_cavs', 0)}"
+            if r.tested:
+                direction = f"{r.direction} {null}"
+                p = f"{r.p_value:8.2e}"
+                flag = "yes" if r.significant else "no "
+            else:
+                direction, p, flag = "-", f"{'-':>8}", " - "
+            lines.append(f"{r.concept:<22} {r.site:<26} {r.mean:6.3f} {r.std:6.3f}  {direction:<16} {p}  {flag}  {r.cav_accuracy:7.3f}  {dropped}")
+            if r.same_test_as:
+                lines.append(f"{'':<22} (the same test as {r.same_test_as}, seen from the other side: one hypothesis, reported once)")
+            if not r.tested:
+                lines.append(f"{'':<22} not tested: {r.test_note}")
+        lines.append("dropped c/r: CAVs below min_cav_accuracy on the concept side / on the " + ("null (permuted) side" if relative else "random side (replays or baseline)")
+                     + f"; both sides use the same rule ({c.get('min_cav_accuracy')})")
+        if test == "monte_carlo" and not relative:
+            lines.append("random side: pseudo-concepts from the pool scored "
+                         + ", ".join(f"{r.random_side.get('mean', float('nan')):.3f} ± {r.random_side.get('std', float('nan')):.3f} ({r.concept})" for r in self.rows if r.random_side and r.tested))
+        if relative:
+            lines.append("Relative TCAV measures the sign of the output's sensitivity along each concept-vs-others direction, not class "
+                         "membership: targets of either class can all score 1.00.")
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> Path:
@@ -115,11 +147,16 @@ class TCAVResult(ck.Result):
                     metrics={
                         "tcav_score": r.mean,
                         "tcav_std": r.std,
-                        "p_value": r.p_value,
+                        "p_value": r.p_value if r.tested else None,
                         "significant": r.significant,
                         "cav_accuracy": r.cav_accuracy,
                         "cav_accuracy_min": r.cav_accuracy_min,
                         "low_quality": r.low_quality,
+                        "tested": r.tested,
+                        "direction": r.direction,
+                        "test_note": r.test_note,
+                        "n_dropped_concept": r.n_chance_cavs,
+                        "n_dropped_random": int((r.random_side or {}).get("n_dropped", 0)),
                         "test": str(self.conventions.get("test")),
                     },
                     tags=["tcav"],

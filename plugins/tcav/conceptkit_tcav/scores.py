@@ -39,41 +39,94 @@ def run_scores(S: torch.Tensor, count_negative: bool = False) -> RunScores:
     )
 
 
-def p_value(scores: list[float], baseline: list[float] | None, test: str, equal_var: bool = True) -> float:
-    """Two-sample t-test against random-random scores, or one-sample against 0.5 (two-sided)."""
+@dataclass
+class TestOutcome:
+    """A test's answer, or the reason no test was possible (then ``p_value`` is NaN)."""
+
+    p_value: float
+    direction: str  # "above" | "below" | "" (no test)
+    note: str = ""
+    p_greater: float = float("nan")
+    p_less: float = float("nan")
+
+
+def batch_scores(G: torch.Tensor, directions: torch.Tensor, count_negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sign scores and ``mean(S)`` magnitudes of many CAVs at once: ``G [N, d]``, ``directions [P, d]``."""
+    S = G.double() @ directions.double().T  # [N, P]
+    counted = S < 0 if count_negative else S > 0
+    return counted.double().mean(0), S.mean(0)
+
+
+def kept_statistic(signs: torch.Tensor, magnitudes: torch.Tensor, keep: torch.Tensor) -> tuple[float, float]:
+    """The test statistic of one experiment: mean sign score and mean magnitude over the CAVs kept
+    by the quality filter (all CAVs when none is kept, so every replay has a value)."""
+    mask = keep if bool(keep.any()) else torch.ones_like(keep)
+    return round(float(signs[mask].mean()), 12), float(magnitudes[mask].mean())
+
+
+def monte_carlo_p(observed: tuple[float, float], null: list[tuple[float, float]], alternative: str = "auto") -> TestOutcome:
+    """Monte Carlo p-value of ``observed`` among ``null`` replays of the whole experiment.
+
+    The statistic is ordered lexicographically: mean TCAV score first, mean directional
+    derivative (``magnitude_mean``, unit CAVs) to break ties, so a score of 1.00 that random
+    sets also reach can still be told apart by how strongly the output responds. With ``B``
+    replays, ``p = (1 + #{replays at least as extreme}) / (B + 1)`` (never 0; exact for
+    exchangeable replays). ``alternative``: ``greater`` / ``less`` test one side;
+    ``auto`` reports the side the data fall on and doubles the smaller one-sided p (two one-sided
+    tests at alpha/2: the direction is read from the data, so it must be paid for).
+    """
+    B = len(null)
+    if B < 1:
+        return TestOutcome(float("nan"), "", "no replays: no Monte Carlo test")
+    ge = sum(1 for t in null if t >= observed)  # tuple order = lexicographic
+    le = sum(1 for t in null if t <= observed)
+    p_greater, p_less = (1 + ge) / (B + 1), (1 + le) / (B + 1)
+    if alternative == "greater":
+        return TestOutcome(p_greater, "above", p_greater=p_greater, p_less=p_less)
+    if alternative == "less":
+        return TestOutcome(p_less, "below", p_greater=p_greater, p_less=p_less)
+    direction = "above" if p_greater <= p_less else "below"
+    return TestOutcome(min(1.0, 2 * min(p_greater, p_less)), direction, p_greater=p_greater, p_less=p_less)
+
+
+def t_test(scores: list[float], baseline: list[float] | None, test: str, equal_var: bool = True) -> TestOutcome:
+    """TF's two-sample t-test against random-random scores, or the paper's one-sample test vs 0.5
+    (both two-sided; the direction is the side of the mean). Both treat runs that share the
+    concept's examples as independent, which makes them anticonservative; kept for parity.
+    Returns no p-value (with the reason) when a t statistic does not exist."""
+    import warnings
+
     from scipy import stats
 
     x = np.asarray(scores, dtype=float)
+    if len(x) < 2:
+        return TestOutcome(float("nan"), "", f"{len(x)} run(s) kept: a t-test needs at least 2")
     if test == "one_sample_0.5":
-        if np.allclose(x, x[0]):
-            return 0.0 if not math.isclose(float(x[0]), 0.5) else 1.0
-        return float(stats.ttest_1samp(x, 0.5).pvalue)
-    if baseline is None:
-        raise ValueError("the two-sample test needs baseline scores")
-    y = np.asarray(baseline, dtype=float)
-    if np.allclose(np.concatenate([x, y]), x[0]):
-        return 1.0
-    return float(stats.ttest_ind(y, x, equal_var=equal_var).pvalue)
+        centre = 0.5
+        if np.ptp(x) < 1e-12:
+            return TestOutcome(float("nan"), "", f"all {len(x)} runs scored {x[0]:.3f}: no variance, no t-test possible")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_1samp(x, 0.5).pvalue)
+    else:
+        if baseline is None or len(baseline) < 2:
+            return TestOutcome(float("nan"), "", "fewer than 2 random-random runs kept: no two-sample test possible")
+        y = np.asarray(baseline, dtype=float)
+        centre = float(y.mean())
+        if np.ptp(x) < 1e-12 and np.ptp(y) < 1e-12:
+            return TestOutcome(float("nan"), "", f"all runs scored {x[0]:.3f} and all random runs {y[0]:.3f}: no variance, no t-test possible")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_ind(y, x, equal_var=equal_var).pvalue)
+    if not math.isfinite(p):
+        return TestOutcome(float("nan"), "", "the t statistic is undefined for these scores")
+    return TestOutcome(max(p, np.finfo(float).tiny), "above" if x.mean() >= centre else "below")
 
 
-def anchor_p_value(concept_mean: float, anchor_means: list[float]) -> float:
-    """Calibrated test: is the concept's mean score an outlier among random sets' mean scores?
-
-    Each random set, used as a pseudo-concept against the other random sets, gives one mean
-    score; under the null the concept is exchangeable with them. The p-value is the two-sided
-    Student prediction-interval test ``t = (m_c - mean(b)) / (sd(b) * sqrt(1 + 1/n))``,
-    ``n - 1`` degrees of freedom. Unlike the run-level two-sample test, it does not treat runs
-    that share the same concept examples as independent.
-    """
-    from scipy import stats
-
-    b = np.asarray(anchor_means, dtype=float)
-    n = len(b)
-    if n < 3:
-        raise ValueError("the random-anchor test needs at least 3 random sets")
-    sd = float(b.std(ddof=1))
-    diff = concept_mean - float(b.mean())
-    if sd == 0:
-        return 1.0 if diff == 0 else 0.0
-    t = diff / (sd * math.sqrt(1 + 1 / n))
-    return float(2 * stats.t.sf(abs(t), df=n - 1))
+def compute_statistics(scores: list[float]) -> dict[str, float]:
+    """Stability of per-layer scores across layers (GCAV's ``compute_statistics``): mean,
+    population Std, CV = Std / mean, RR = (max - min) / mean."""
+    s = np.asarray(scores, dtype=float)
+    mean = float(s.mean())
+    std = float(s.std())
+    return {"mean": mean, "std": std, "cv": std / mean if mean else float("nan"), "rr": float(np.ptp(s)) / mean if mean else float("nan")}

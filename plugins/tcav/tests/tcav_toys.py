@@ -57,3 +57,72 @@ class VectorModel(ck.Model):
         return module_hooks.hook_registry(self.net)
 
 
+
+
+def _readout_net(g: torch.Generator) -> tuple[Net, torch.Tensor]:
+    """``h = ReLU(W1 x)`` (x in R^32, h in R^64) read out by ``y = u·h + 0.1 r·h`` (spec section 6.3):
+    random directions give widely spread TCAV scores on this net."""
+    W1 = torch.randn(64, 32, generator=g, dtype=torch.float64) / 32**0.5
+    u = torch.randn(64, generator=g, dtype=torch.float64)
+    u /= u.norm()
+    r = torch.randn(64, generator=g, dtype=torch.float64)
+    r /= r.norm()
+    pre = torch.nn.Linear(32, 64, bias=False, dtype=torch.float64)
+    pre.weight.data = W1
+    head = u + 0.1 * r
+
+    class Post(torch.nn.Module):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(h) @ head
+            return torch.stack([y, torch.zeros_like(y)], -1)
+
+    return Net(pre, Post()), 3 * torch.linalg.pinv(W1) @ u
+
+
+def planted_model(vector_model, seed: int, null: bool, n_concept: int = 40, n_random: int = 20, n_targets: int = 50):  # type: ignore[no-untyped-def]
+    """The spec's planted concept: examples shifted so their activations move along ``u``."""
+    g = torch.Generator().manual_seed(seed)
+    net, shift = _readout_net(g)
+    table = {}
+    for i in range(n_concept):
+        x = torch.randn(32, generator=g, dtype=torch.float64)
+        table[f"c{i}"] = (x if null else x + shift)[None]
+    for i in range(n_random * n_concept):
+        table[f"r{i}"] = torch.randn(1, 32, generator=g, dtype=torch.float64)
+    for i in range(n_targets):
+        table[f"t{i}"] = torch.randn(1, 32, generator=g, dtype=torch.float64)
+    model = vector_model(net, table)
+    config = {
+        "concepts": [{"name": "planted", "examples": [f"c{i}" for i in range(n_concept)]}],
+        "targets": [f"t{i}" for i in range(n_targets)],
+        "objective": {"kind": "token_logit", "token": 0},
+        "sites": [model.SITE],
+        "random_pool": [f"r{i}" for i in range(n_random * n_concept)],
+        "n_random": n_random,
+        "seed": seed,
+    }
+    return model, config
+
+
+def null_concepts_model(seed: int, n_concepts: int = 20, n_concept: int = 20, n_pool: int = 400, n_targets: int = 30):  # type: ignore[no-untyped-def]
+    """``n_concepts`` null concepts drawn like the pool (N(0, I) inputs) on the read-out net."""
+    g = torch.Generator().manual_seed(seed)
+    net, _ = _readout_net(g)
+    table = {}
+    for k in range(n_concepts):
+        for i in range(n_concept):
+            table[f"n{k}_{i}"] = torch.randn(1, 32, generator=g, dtype=torch.float64)
+    for i in range(n_pool):
+        table[f"r{i}"] = torch.randn(1, 32, generator=g, dtype=torch.float64)
+    for i in range(n_targets):
+        table[f"t{i}"] = torch.randn(1, 32, generator=g, dtype=torch.float64)
+    model = VectorModel(net, table)
+    config = {
+        "concepts": [{"name": f"null{k}", "examples": [f"n{k}_{i}" for i in range(n_concept)]} for k in range(n_concepts)],
+        "targets": [f"t{i}" for i in range(n_targets)],
+        "objective": {"kind": "token_logit", "token": 0},
+        "sites": [model.SITE],
+        "random_pool": [f"r{i}" for i in range(n_pool)],
+        "seed": seed,
+    }
+    return model, config
