@@ -222,6 +222,11 @@ from conceptkit.cli_store import store  # noqa: E402
 
 cli.add_command(store)
 
+# -- edit -----------------------------------------------------------------------------------------
+from conceptkit.cli_edit import edit  # noqa: E402
+
+cli.add_command(edit)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors unless --debug."""

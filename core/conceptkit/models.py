@@ -103,7 +103,25 @@ def from_hf(hf_model: Any, folder: Path, backend: str, name: str, **kwargs: Any)
         from conceptkit.backends.hf import HFModel
 
         return HFModel(hf_model, tokenizer, name=name, **kwargs)
-    raise UnknownNameError("backend", backend, BACKENDS)
+    registered = _registered_backend(backend)
+    if registered is None:
+        from conceptkit.backends import backend_names
+
+        raise UnknownNameError("backend", backend, backend_names())
+    # A third-party backend serves any named model: it may load from the folder itself
+    # (``from_pretrained(folder, name=...)``), else it wraps the HF model like ck.wrap does.
+    if hasattr(registered, "from_pretrained"):
+        return registered.from_pretrained(str(folder), name=name, **kwargs)
+    return registered.wrap(hf_model, tokenizer=tokenizer, name=name, **kwargs)
+
+
+def _registered_backend(name: str) -> Any:
+    from conceptkit.plugin_manager import get_manager
+
+    for backend_name, backend, _plugin in get_manager().registry.backends:
+        if backend_name == name:
+            return backend
+    return None
 
 
 # -- SmolLM2 ----------------------------------------------------------------------------------------
@@ -280,7 +298,9 @@ def load_model(name: str, backend: str = "transformer_lens", **kwargs: Any) -> M
     models = get_manager().registry.models
     if name in models:
         entry = models[name]
-        if backend not in entry.backends:
+        # A registered third-party backend can serve every model that loads through HF.
+        third_party = backend not in BACKENDS and "transformers" in entry.backends and _registered_backend(backend) is not None
+        if backend not in entry.backends and not third_party:
             raise InputError(f"model {name!r} is not available for backend {backend!r}; available: {list(entry.backends)}")
         return entry.loader(backend=backend, **kwargs)
     if os.path.isdir(name) or "/" in name:

@@ -3,7 +3,8 @@
 Text-to-image methods (UCE, TIME, ItD) work on two surfaces: the cross-attention key/value
 projections of the UNet (``...attn2.to_k`` / ``to_v``, selected by name: hook_points.md §8) and
 the text encoder's layers. Sites are raw module paths (``unet.<path>`` or
-``text_encoder.<path>``); weight edits return handles that restore the exact bits.
+``text_encoder.<path>``). Weight edits are :class:`conceptkit.WeightEdit` objects with a raw
+``param`` path (``unet.<...>.to_k.weight``), applied with ``model.apply_edit``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from conceptkit.backends.base import Model, ModelRef, SiteFn
 from conceptkit.capabilities import Capability
 from conceptkit.data import Batch
 from conceptkit.errors import InputError
-from conceptkit.handles import Handle, HandleGroup
+from conceptkit.handles import Handle
 
 
 class DiffusersModel(Model):
@@ -71,24 +72,28 @@ class DiffusersModel(Model):
         return {n: self._modules[n] for n in self.cross_attention_sites()}  # type: ignore[misc]
 
     def edit_projection(self, site: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Handle:
-        """Replace a cross-attention projection weight by ``fn(W)``; undo restores the bits."""
+        """Replace a cross-attention projection weight by ``fn(W)`` through the parameter's edit
+        ledger (:mod:`conceptkit.edits`); the handle removes exactly this change. Storable
+        edits use ``model.apply_edit(ck.WeightEdit.dense(param=f"{site}.weight", ...))``."""
         if site not in self.cross_attention_sites():
             from conceptkit.sites import unknown_site
 
             raise unknown_site(site, self.cross_attention_sites())
-        from conceptkit.backends.weights import replace_parameter
+        from conceptkit.edits import edit_op
 
-        return replace_parameter(self._modules[site].weight, fn, repr(site))
+        return edit_op(self._modules[site].weight, fn, repr(site))
 
-    def set_projections(self, new_weights: dict[str, torch.Tensor]) -> HandleGroup:
-        group = HandleGroup(description="cross-attention edit")
-        try:
-            for site, w in new_weights.items():
-                group.add(self.edit_projection(site, lambda _old, w=w: w.to(_old.dtype)))
-        except BaseException:
-            group.remove()
-            raise
-        return group
+    def find_parameter(self, path: str) -> torch.nn.Parameter:
+        """A parameter by path: ``unet.<module path>.weight`` or ``text_encoder.<...>``."""
+        module_path, _, name = path.rpartition(".")
+        module = self._modules.get(module_path)
+        param = getattr(module, name, None) if module is not None else None
+        if not isinstance(param, torch.nn.Parameter):
+            from conceptkit.errors import UnknownNameError
+
+            names = [f"{m}.{n}" for m in self.cross_attention_sites() for n, _ in self._modules[m].named_parameters()]
+            raise UnknownNameError("parameter", path, names)
+        return param
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Text-encoder embeddings ``[N, T, d]`` as the pipeline feeds them to the UNet."""

@@ -1,8 +1,9 @@
 """Weight access by role, in TransformerLens layout, with reversible in-place edits.
 
 Reads come from the HF parameters (never from stacked getters, whose reshape scrambles heads
-for HF ``[out, in]`` matrices: hook_points.md §5.1). Every edit keeps a copy of the original
-parameter and returns a :class:`~conceptkit.handles.Handle` that restores the exact bits.
+for HF ``[out, in]`` matrices: hook_points.md §5.1). Every edit goes through the parameter's
+edit ledger (:mod:`conceptkit.edits`) and returns a :class:`~conceptkit.handles.Handle` that
+removes exactly that edit; removing all restores the exact bits.
 
 Layouts (TL): ``W_V(l)`` ``[H_kv, d, d_h]``, ``W_O(l)`` ``[H, d_h, d]``, ``W_in(l)``
 ``[d, d_mlp]``, ``W_out(l)`` ``[d_mlp, d]``, ``W_U`` ``[d, V]``, ``W_E`` ``[V, d]``.
@@ -23,24 +24,15 @@ from conceptkit.handles import Handle
 def replace_parameter(
     param: torch.nn.Parameter, fn: Callable[[torch.Tensor], torch.Tensor], what: str
 ) -> Handle:
-    """Set ``param`` to ``fn(copy of param)`` in place; the handle restores the exact bits.
+    """Set ``param`` to ``fn(param)`` in place, through the parameter's edit ledger
+    (:func:`conceptkit.edits.edit_op`): the handle removes exactly this change, in any order
+    with other edits, and removing all restores the exact bits.
 
     The new value must keep the shape and be finite, else nothing changes.
     """
-    original = param.detach().clone()
-    new = fn(param.detach().clone())
-    if new.shape != param.shape:
-        raise InputError(f"edit of {what} produced shape {tuple(new.shape)}, expected {tuple(param.shape)}")
-    if new.is_floating_point() and not torch.isfinite(new).all():
-        raise InputError(f"edit of {what} produced NaN or Inf values; nothing changed")
-    with torch.no_grad():
-        param.copy_(new)
+    from conceptkit.edits import edit_op
 
-    def undo() -> None:
-        with torch.no_grad():
-            param.copy_(original)
-
-    return Handle(undo, f"edit {what}")
+    return edit_op(param, fn, what)
 
 
 class Weights:
@@ -49,6 +41,17 @@ class Weights:
     def __init__(self, root: torch.nn.Module, family: Family, prefix: str, n_heads: int, n_kv_heads: int) -> None:
         self._root, self.family, self._prefix = root, family, prefix
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+
+    @property
+    def root(self) -> torch.nn.Module:
+        """The module tree these weights belong to (raw parameter paths are relative to it)."""
+        return self._root
+
+    def apply(self, edit: Any, *, check_hash: bool = True) -> Handle:
+        """Apply a :class:`conceptkit.WeightEdit` (or a set); the handle undoes exactly it."""
+        from conceptkit.edits import apply_edit
+
+        return apply_edit(self, edit, check_hash=check_hash)
 
     # -- low level ---------------------------------------------------------------------------
     def module(self, role: str, layer: int | None = None) -> torch.nn.Module:
@@ -69,14 +72,14 @@ class Weights:
             raise InputError(f"{role!r} at layer {layer} has no {kind}")
         return param
 
-    def _in_out(self, role: str, w: torch.Tensor) -> torch.Tensor:
+    def in_out(self, role: str, w: torch.Tensor) -> torch.Tensor:
         """Switch a stored weight to ``[in, out]`` and back (an involution): nn.Linear stores
         ``[out, in]``, GPT-2's Conv1D already ``[in, out]`` (its embeddings are plain tables)."""
         return w if self.family.conv1d and role not in ("unembed", "embed") else w.T
 
     def _matrix(self, role: str, layer: int | None) -> torch.Tensor:
         """``[in, out]`` view of a linear map's weight."""
-        return self._in_out(role, self.parameter(role, layer))
+        return self.in_out(role, self.parameter(role, layer))
 
     # -- reads (TL layout) ------------------------------------------------------------------------
     def _qkv(self, which: str, layer: int) -> torch.Tensor:
@@ -158,23 +161,18 @@ class Weights:
         """``W <- W + scale * u vᵀ`` with ``W`` in TL ``[in, out]`` layout (``u`` in, ``v`` out).
 
         For ``out`` (the MLP down-projection, ``[d_mlp, d]``) ``u`` is a key and ``v`` a value,
-        the form rank-one editors (ROME, ROCR) use.
+        the form rank-one editors (ROME, ROCR) use. A :class:`conceptkit.WeightEdit` of kind
+        ``low_rank``, applied through the ledger.
         """
-        def fn(w: torch.Tensor) -> torch.Tensor:
-            outer = self._in_out(role, scale * torch.outer(u.to(w.dtype).reshape(-1), v.to(w.dtype).reshape(-1)))
-            if outer.shape != w.shape:
-                raise InputError(
-                    f"rank-one update of {role!r}: u has {u.numel()} and v {v.numel()} entries, "
-                    f"but the weight is {tuple(self._matrix(role, layer).shape)} in [in, out] layout"
-                )
-            return w + outer
+        from conceptkit.edits import WeightEdit
 
-        return self.edit(role, layer, fn)
+        u = u.detach().reshape(-1, 1)
+        return self.apply(WeightEdit.low_rank(u if scale == 1.0 else scale * u, v.detach().reshape(-1, 1), role=role, layer=layer))
 
     def project_out(self, role: str, layer: int | None, direction: torch.Tensor, side: str = "out") -> Handle:
         """Remove ``direction`` from the output (``side="out"``) or input space of a linear map."""
         def fn(w: torch.Tensor) -> torch.Tensor:
-            m = self._in_out(role, w)
+            m = self.in_out(role, w)
             d = direction.to(w.dtype).reshape(-1)
             d = d / d.norm()
             if side == "out":
@@ -183,7 +181,7 @@ class Weights:
                 m = m - torch.outer(d, d @ m)
             else:
                 raise InputError(f"side must be 'in' or 'out', got {side!r}")
-            return self._in_out(role, m)
+            return self.in_out(role, m)
 
         return self.edit(role, layer, fn)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 _LAZY = {
     "LeaceFitter": "leace", "LeaceEraser": "leace", "OracleFitter": "leace", "OracleEraser": "leace", "one_hot_labels": "leace",
-    "uce_solve": "uce", "uce_edit": "uce", "uce_draft": "uce", "apply_stored_edit": "uce",
+    "uce_solve": "uce", "uce_edit": "uce", "uce_edits": "uce", "uce_draft": "uce",
     "Scrubber": "scrub", "fit_scrubber": "scrub",
 }
 __all__ = sorted(_LAZY)

@@ -6,8 +6,9 @@ For each projection ``W_old`` (``[d_out, d_text]``) the edit solves
 
 whose unique minimiser is ``W = (λ W_old + Σ s_e v*_e c_eᵀ + Σ s_p W_old c_p c_pᵀ)
 (λ I + Σ s_e c_e c_eᵀ + Σ s_p c_p c_pᵀ)⁻¹``. For erasure ``v*_e = W_old c_guide(e)``: the
-erased concept's keys and values become the guide's. Solved in float64, cast back; applied as
-reversible weight edits (undo restores the exact bits).
+erased concept's keys and values become the guide's. Solved in float64, cast back; the result is
+a set of dense :class:`conceptkit.WeightEdit` deltas (one per projection, with the hash of the
+weights they were computed on), applied, stored and re-applied like every other weight edit.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from conceptkit.errors import InputError
-from conceptkit.handles import HandleGroup
+import conceptkit as ck
+from conceptkit.api import Handle, InputError, WeightEdit, WeightEditSet
 
 
 def uce_solve(
@@ -63,7 +64,7 @@ def concept_embedding(model: Any, prompt: str) -> torch.Tensor:
     return hidden[0, max(position, 0)]
 
 
-def uce_edit(
+def uce_edits(
     model: Any,
     edit: torch.Tensor,
     guide: torch.Tensor,
@@ -73,11 +74,12 @@ def uce_edit(
     preserve_scale: float = 1.0,
     lamb: float = 0.5,
     modules: tuple[str, ...] = ("to_k", "to_v"),
-) -> tuple[HandleGroup, dict[str, torch.Tensor]]:
-    """Edit every cross-attention projection of a :class:`DiffusersModel`.
+) -> WeightEditSet:
+    """The UCE edit of every cross-attention projection of a diffusers model, not yet applied.
 
     ``edit``/``guide`` are ``[n, d_text]`` embeddings (row i of ``edit`` is mapped to row i of
-    ``guide``); ``preserve`` ``[m, d_text]``. Returns the undo handle and the new weights.
+    ``guide``); ``preserve`` ``[m, d_text]``. Each edit is the dense delta ``W_new - W_old`` of
+    one projection weight (``param="unet.<...>.to_k.weight"``) with the hash of ``W_old``.
     """
     edit, guide = torch.as_tensor(edit), torch.as_tensor(guide)
     if edit.shape != guide.shape:
@@ -88,37 +90,29 @@ def uce_edit(
     projections = {s: m for s, m in model.cross_attention_projections().items() if s.endswith(modules)}
     if not projections:
         raise InputError(f"no cross-attention projections ending in {modules} in this model")
-    new = {}
+    edits = []
     for site, module in projections.items():
         W_old = module.weight.detach()
         if W_old.shape[1] != edit.shape[-1]:
             raise InputError(f"{site} reads text embeddings of width {W_old.shape[1]}, the edit embeddings have width {edit.shape[-1]}")
         targets = guide.to(W_old.dtype) @ W_old.T
-        new[site] = uce_solve(W_old, edit, targets, preserve, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb)
-    return model.set_projections(new), new
+        W_new = uce_solve(W_old, edit, targets, preserve, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb)
+        edits.append(WeightEdit.dense(W_new - W_old, param=f"{site}.weight", base_hash=ck.edits.parameter_hash(W_old)))
+    return WeightEditSet(edits, name="uce")
 
 
-def uce_draft(new_weights: dict[str, torch.Tensor], concept: str, model: Any, config: dict[str, Any] | None = None) -> Any:
-    """A store draft for an edit: the new projection weights by site (kind ``weight_edit``)."""
-    from conceptkit.store.record import MethodInfo, RecordDraft
-
-    return RecordDraft(
-        tensors={site: w.detach().cpu().contiguous() for site, w in new_weights.items()},
-        concept=concept,
-        description="UCE cross-attention edit: new to_k/to_v weights by module",
-        kind="weight_edit",
-        method=MethodInfo(name="uce", plugin="erasure", distribution="conceptkit-erasure", config=config or {}),
-        model=model.ref.model_dump(mode="json"),
-        tags=["uce", "erasure"],
-    )
+def uce_edit(model: Any, edit: torch.Tensor, guide: torch.Tensor, preserve: torch.Tensor | None = None, **settings: Any) -> tuple[Handle, WeightEditSet]:
+    """Compute and apply the UCE edit (:func:`uce_edits`); returns the undo handle and the edits."""
+    edits = uce_edits(model, edit, guide, preserve, **settings)
+    return model.apply_edit(edits), edits
 
 
-def apply_stored_edit(model: Any, tensors: dict[str, torch.Tensor]) -> HandleGroup:
-    """Apply stored UCE weights to a model of the same architecture (undo with the handle)."""
-    sites = set(model.cross_attention_sites())
-    unknown = sorted(set(tensors) - sites)
-    if unknown:
-        from conceptkit.sites import unknown_site
+def uce_draft(edits: WeightEditSet, concept: str, model: Any, config: dict[str, Any] | None = None) -> Any:
+    """A store draft of the edits (kind ``weight_edit``), under the registered method ``erasure``.
 
-        raise unknown_site(unknown[0], sorted(sites))
-    return model.set_projections(tensors)
+    Re-apply it on any backend with ``ck.edits.load(store, record_id).apply(model)`` or
+    ``conceptkit edit apply RECORD``.
+    """
+    draft = edits.to_draft(concept, description="UCE cross-attention edit: dense deltas of to_k/to_v weights",
+                           model=model, tags=["uce", "erasure"])
+    return draft.model_copy(update={"method": ck.method_info("erasure", {"uce": config or {}})})

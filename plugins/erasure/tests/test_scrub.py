@@ -65,15 +65,14 @@ def test_bad_configs_store_nothing(ck_store):
     assert len(ck_store) == 0
 
 
-def test_erasure_apply_command(ck_store, capsys):
-    """`conceptkit erasure-apply RECORD` reports bits per byte without and with the eraser."""
-    from conceptkit import cli as cli_module
+def test_edit_apply_command_serves_erasers(ck_store, capsys):
+    """`conceptkit edit apply RECORD` reports bits per byte without and with a stored eraser."""
     from conceptkit.cli import main
 
     model = ck.load_model("tiny-llama", backend="nnsight")
     ck.method("erasure").run(model, {"sites": ["blocks.0.ln1.hook_out"]}, store=ck_store)
     [record] = ck_store.find(method="erasure")
-    cli_module.ConceptkitGroup._plugins_loaded = False
-    main(["erasure-apply", record.id[:10], "--model", "tiny-llama", "--store", str(ck_store.root), "--text", "Room 12 holds 4 boxes."])
+    main(["edit", "apply", record.id[:10], "--model", "tiny-llama", "--backend", "nnsight", "--store", str(ck_store.root),
+          "--text", "Room 12 holds 4 boxes."])
     out = capsys.readouterr().out
     assert "bits/byte without" in out and "with:" in out

@@ -95,18 +95,33 @@ def test_bad_input(unet):
 
 
 def test_edit_is_storable_and_reapplied_from_the_store(unet, ck_store):
-    """The new weights go to the store; applying them from there reproduces the edit exactly."""
-    from conceptkit_erasure.uce import apply_stored_edit, uce_draft
+    """UCE edits are stored as a weight-edit record under the registered method `erasure` and,
+    re-applied by id, reproduce the edit exactly; removing restores the original bits."""
+    from conceptkit_erasure.uce import uce_draft
 
     old = {s: m.weight.detach().clone() for s, m in unet.cross_attention_projections().items()}
-    handle, new = uce_edit(unet, embeddings(2, seed=7), embeddings(2, seed=8), lamb=0.5)
+    handle, edits = uce_edit(unet, embeddings(2, seed=7), embeddings(2, seed=8), lamb=0.5)
+    new = {s: m.weight.detach().clone() for s, m in unet.cross_attention_projections().items()}
     handle.remove()
-    record = ck_store.put(uce_draft(new, "toy concept", unet, {"lamb": 0.5}))
+    record = ck_store.put(uce_draft(edits, "toy concept", unet, {"lamb": 0.5}))
     assert record.kind == "weight_edit" and record.model["backend"] == "diffusers"
-    with apply_stored_edit(unet, ck_store.tensors(record.id)):
+    assert (record.method.name, record.method.plugin, record.method.distribution) == ("erasure", "erasure", "conceptkit-erasure")
+    with ck.edits.load(ck_store, record.id).apply(unet):
         for site, module in unet.cross_attention_projections().items():
             assert torch.equal(module.weight, new[site])
     assert all(torch.equal(m.weight, old[s]) for s, m in unet.cross_attention_projections().items())
+
+
+def test_uce_edit_on_other_weights_is_refused(unet):
+    """A UCE edit computed on other weights is refused by hash, and nothing changes."""
+    from conceptkit_erasure.uce import uce_edits
+
+    edits = uce_edits(unet, embeddings(1, seed=1), embeddings(1, seed=2))
+    other = ck.load_model("tiny-unet", backend="diffusers", seed=1)
+    before = {s: m.weight.detach().clone() for s, m in other.cross_attention_projections().items()}
+    with pytest.raises(InputError, match="was computed on weights"):
+        other.apply_edit(edits)
+    assert all(torch.equal(m.weight, before[s]) for s, m in other.cross_attention_projections().items())
 
 
 def test_concept_embeddings_come_from_the_pipeline_text_encoder(unet):
