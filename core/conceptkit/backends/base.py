@@ -98,6 +98,13 @@ class Model:
     def weights(self) -> Any:
         raise NotImplementedError(f"backend {self.backend_name!r} offers no weight access")
 
+    def apply_edit(self, edit: Any, *, check_hash: bool = True) -> Handle:
+        """Apply a :class:`conceptkit.WeightEdit` or ``WeightEditSet``; the handle undoes exactly
+        it (any order of removal; see :mod:`conceptkit.edits`)."""
+        from conceptkit.edits import apply_edit
+
+        return apply_edit(self, edit, check_hash=check_hash)
+
     def raw_sites(self) -> list[str]:
         """Backend-specific addresses accepted besides canonical sites."""
         return []
