@@ -380,7 +380,8 @@ class Model:
             self.resolve_site(inner)
         site = self.resolve_site(site)
         parsed = iv.parse_all(interventions)
-        request = GradRequest(site, objective if _is_data(objective) else obj, reduce, return_activations)
+        # Objective data travels in the plan as data (executors elsewhere rebuild it); callables are local.
+        request = GradRequest(site, getattr(obj, "objective", obj), reduce, return_activations)
         grads, acts = [], []
         for batch in self.batches(inputs, batch_size, padding_side):
             result = self.execute(Plan(batch, interventions=parsed, grad=request))
@@ -486,11 +487,6 @@ def _progress(it: Iterator[Batch], inputs: Inputs, batch_size: int, show: bool |
 
     yield from tqdm(it, total=total, desc=what, unit="batch", leave=False)
 
-
-
-def _is_data(objective: Any) -> bool:
-    """Objective data (a component or its dict) travels in the plan as is; callables are local."""
-    return isinstance(objective, (dict, pydantic.BaseModel))
 
 
 def _short(text: str, limit: int = 40) -> str:
