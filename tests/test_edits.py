@@ -140,7 +140,8 @@ def test_edits_round_trip_through_json():
 
 
 def test_a_registered_kind_is_stored_and_applied(llama, ck_store):
-    """A plugin's edit kind (here: scale a weight) goes through the ledger, the store and load."""
+    """A kind a plugin registers through `register_components` (here: scale a weight) goes
+    through the ledger, the store and load; without the plugin the record names the kind."""
     from typing import Literal
 
     class ScaleEdit(WeightEdit):
@@ -150,13 +151,21 @@ def test_a_registered_kind_is_stored_and_applied(llama, ck_store):
         def compute_delta(self, base):
             return (self.factor - 1.0) * base
 
-    ck.edits.register_kind(ScaleEdit)
+    class ScalePlugin:
+        @ck.hookimpl
+        def register_components(self, register):
+            register("weight_edit", ScaleEdit)
+
     param = llama.hf.get_parameter(PARAM)
     before = param.detach().clone()
     record = ck_store.put(ScaleEdit(role="out", layer=1, factor=3.0).to_draft("triple"))
-    with ck.edits.load(ck_store, record.id).apply(llama):
-        assert torch.equal(param, before + 2.0 * before)
+    with ck.registered_plugin(ScalePlugin(), "scale-plugin"):
+        assert ck.components.plugin_of("weight_edit", "test_scale") == "scale-plugin"
+        with ck.edits.load(ck_store, record.id).apply(llama):
+            assert torch.equal(param, before + 2.0 * before)
     assert torch.equal(param, before)
+    with pytest.raises(ck.UnknownNameError, match="test_scale"):
+        ck.edits.load(ck_store, record.id)
 
 
 def test_diffusers_edit_by_parameter_path(ck_store):

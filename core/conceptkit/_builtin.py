@@ -77,9 +77,16 @@ def register_models(register: Callable[..., None]) -> None:
 @hookimpl
 def register_components(register: Callable[..., None]) -> None:
     # Called on the first component lookup (not when plugins are listed), so torch may load here.
-    from conceptkit import interventions, objectives
+    from conceptkit import edits, interventions, objectives
 
     for op in interventions.BUILTIN:
         register("intervention", op)
     for objective in objectives.BUILTIN:
         register("objective", objective)
+    from conceptkit.sae.attach import SAESiteSpec
+    from conceptkit.sae.interventions import SAEFeatures
+
+    register("intervention", SAEFeatures)
+    register("virtual_site", SAESiteSpec)
+    for kind in edits.BUILTIN:
+        register("weight_edit", kind)

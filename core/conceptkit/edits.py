@@ -223,41 +223,26 @@ class DenseEdit(WeightEdit):
 
 
 # -- registry of kinds (the ``weight_edit`` component family) ----------------------------------------
-_KINDS: dict[str, type[WeightEdit]] = {}
+#: the core's own kinds, registered through ``register_components`` like a plugin's
+BUILTIN: tuple[type[WeightEdit], ...] = (LowRankEdit, DenseEdit)
+_LOCAL: dict[str, type] = {}
 
 
 def register_kind(cls: type) -> None:
-    """Add an edit kind: a :class:`WeightEdit` subclass with a ``Literal`` ``kind``, or any class
-    with ``kind``, ``from_record(record, tensors)`` and ``apply(model) -> Handle`` that serves
-    records of its ``record_kind`` (e.g. an activation eraser) through ``conceptkit edit``."""
-    field = getattr(cls, "model_fields", {}).get("kind")
-    name = field.default if field is not None else getattr(cls, "kind", None)
-    if not isinstance(name, str) or not name:
-        raise InputError(f"edit kind class {cls.__qualname__} has no 'kind' name")
-    _KINDS[name] = cls
+    """Add an edit kind in this process (plugins use ``register_components``:
+    ``register("weight_edit", MyEdit)``): a :class:`WeightEdit` subclass with a ``Literal``
+    ``kind`` that implements :meth:`WeightEdit.compute_delta`."""
+    from conceptkit.components import component_name
+
+    _LOCAL[component_name("weight_edit", cls)] = cls
 
 
 def kinds() -> dict[str, type]:
-    """Registered edit kinds by name (the built-ins and those plugins added)."""
-    _load_components()
-    return dict(_KINDS)
+    """Registered edit kinds by name: the built-ins and those plugins added."""
+    from conceptkit import components
 
-
-def _load_components() -> None:
-    """Make the components plugins registered visible (once the core's components module exists)."""
-    try:
-        from conceptkit import components  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    table = getattr(components, "registered", None)
-    if callable(table):
-        for cls in table("weight_edit").values():
-            if getattr(cls, "kind", None) or "kind" in getattr(cls, "model_fields", {}):
-                register_kind(cls)
-
-
-register_kind(LowRankEdit)
-register_kind(DenseEdit)
+    table = {name: components.get("weight_edit", name) for name in components.kinds("weight_edit")}
+    return {**{c.model_fields["kind"].default: c for c in BUILTIN}, **table, **_LOCAL}
 
 
 def parse(spec: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> WeightEdit:
