@@ -166,6 +166,13 @@ class Model:
         appear in :meth:`sites` and work wherever a site does until the handle is removed."""
         return self._virtual_sites.add(self, provider)
 
+    def attach_sae(self, sae: Any, site: str | None = None) -> Handle:
+        """Attach an SAE (object, record id or folder) at ``site`` (default: its own) as the
+        virtual sites ``<site>.hook_sae_*`` (see :mod:`conceptkit.sae.attach`)."""
+        from conceptkit.sae.attach import attach_sae
+
+        return attach_sae(self, sae, site)
+
     def _hook_at(self, site: str, fn: SiteFn) -> Handle:
         """Attach ``fn`` at a resolved site, virtual or not (the engine's one way to hook)."""
         if site in self._virtual_sites:
