@@ -1,0 +1,69 @@
+"""The ``reject`` value (ROME/MEMIT-style ``compute_z``): ``z = h + δ`` at the target's last token,
+optimised so that every context template followed by the target outputs a refusal.
+
+Adam on ``δ`` with the reference's weight decay ``wd ‖δ‖ / ‖h‖²`` and the norm clamp
+``‖δ‖ ≤ clamp_norm_factor ‖h‖``. Not reproduced: the reference's KL term on ``"{} is a"``
+(``kl_factor``), which keeps the subject's other predictions; documented in docs/rocr.md.
+Gradients come from ``model.grad`` with ``δ`` added as an intervention at that token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from conceptkit.interventions import Add  # TODO(public-surface)
+from conceptkit_rocr.templates import REQUEST, SLOT, subject_prefix_ids
+
+
+def reject_value(
+    model: Any,
+    target: str,
+    templates: list[str],
+    z_layer: int,
+    *,
+    reject_target: str = " Unfortunately",
+    v_lr: float = 0.1,
+    v_steps: int = 25,
+    v_weight_decay: float = 0.5,
+    clamp_norm_factor: float = 1.0,
+) -> torch.Tensor:
+    tok = model.tokenizer
+    site = f"blocks.{z_layer}.hook_resid_post"
+    answer = list(tok(reject_target, add_special_tokens=False)["input_ids"])
+    prompts = []
+    for t in templates:
+        context = t.replace(SLOT, REQUEST, 1)
+        prefix, suffix = context.split(SLOT, 1)
+        ids = list(tok(prefix + target + suffix, add_special_tokens=True)["input_ids"]) + answer
+        idx = len(subject_prefix_ids(tok, t, target)) - 1
+        prompts.append((ids, idx))
+    n_ans = len(answer)
+
+    def objective(out: torch.Tensor, batch: Any) -> torch.Tensor:
+        logp = torch.log_softmax(out[:, -n_ans - 1 : -1].float(), -1)
+        return logp.gather(-1, torch.tensor(answer, device=out.device).reshape(1, -1, 1)).squeeze(-1).mean(-1)
+
+    from conceptkit_rocr.edit import read_at_subject
+
+    init = read_at_subject(model, templates[:1], target, site)[0]  # the unedited value, first template
+    delta = torch.zeros(model.d_model, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=v_lr)
+    for _ in range(v_steps):
+        grad = torch.zeros(model.d_model)
+        for ids, idx in prompts:
+            batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+            add = Add(site=site, vector=delta.detach().clone(), positions=[idx])
+            g = model.grad(batch, site, objective, reduce=[idx], interventions=[add])
+            grad -= g[0, 0] / len(prompts)  # minimise the negative log-likelihood
+        opt.zero_grad()
+        norm = delta.detach().norm()
+        wd = v_weight_decay * delta.detach() / (norm.clamp_min(1e-12) * init.norm() ** 2) if norm > 0 else torch.zeros_like(grad)
+        delta.grad = grad + wd.float()
+        opt.step()
+        with torch.no_grad():
+            limit = clamp_norm_factor * init.norm()
+            if delta.norm() > limit:
+                delta.mul_(limit / delta.norm())
+    return init + delta.detach().double()

@@ -1,0 +1,33 @@
+"""The rocr method end to end on a tiny model: run, store, re-apply from the record, CLI."""
+
+from __future__ import annotations
+
+import torch
+
+import conceptkit as ck
+from conceptkit_rocr.edit import RocrEdit
+
+
+def test_run_stores_one_weight_edit_record_and_reapplies(tmp_path):
+    """run() stores one weight_edit record whose tensors re-apply the same change, removable bit for bit."""
+    model = ck.load_model("tiny-llama")
+    store = ck.open_store(tmp_path / "store")
+    rocr = ck.method("rocr")
+    cfg = {"target": "Rome", "harmless": "Oslo", "layers": [0, 1], "stats_corpus": "none", "stats_texts": ["the cat sat", "on the mat"]}
+    result = rocr.run(model, cfg, store=store)
+    edits = [r for r in store.find(kind="weight_edit")]
+    assert len(edits) == 1 and edits[0].concept == "Rome"
+    projectors = store.find(kind="rocr_projector")
+    assert len(projectors) == 2 and set(edits[0].parents) == {p.id for p in projectors}
+    assert [r.layer for r in result.layer_reports] == [0, 1] and "Rome" in result.summary()
+    W = [model.weights.W_out(l).detach().clone() for l in (0, 1)]
+    fitted = rocr.fit(model, cfg, store=store)  # statistics now come from the cache
+    with rocr.apply(store.tensors(edits[0].id), model):
+        stored = [model.weights.W_out(l).detach().clone() for l in (0, 1)]
+    with rocr.apply(fitted, model):
+        again = [model.weights.W_out(l).detach().clone() for l in (0, 1)]
+    for l in (0, 1):
+        assert torch.equal(model.weights.W_out(l), W[l])
+        assert torch.allclose(stored[l], again[l], atol=1e-6)
+        assert torch.linalg.matrix_rank((stored[l] - W[l]).double(), atol=1e-6) == 1
+    assert isinstance(fitted, RocrEdit)
