@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conceptkit import interventions as iv
+from conceptkit.activations import cat_ragged
 from conceptkit import objectives as ob
 from conceptkit.errors import InputError
 from conceptkit.testing import assert_no_hook_leak
@@ -121,3 +122,71 @@ def test_virtual_site_names_must_be_new(models):
         handle.remove()
     with pytest.raises(InputError, match="not a virtual-site provider"):
         model.add_virtual_sites(object())
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_pattern_rows_are_causal_distributions(models, name, backend):
+    """Each real query row sums to 1 over real keys, is causal, and does not depend on padding."""
+    model = models(name, backend)
+    site = "blocks.1.attn.hook_pattern"
+    assert site in model.sites()
+    left = model.capture(TEXTS, [site], reduce="all", padding_side="left")
+    right = model.capture(TEXTS, [site], reduce="all", padding_side="right", batch_size=3)
+    assert torch.allclose(left[site], right[site], atol=1e-5)
+    p, index = right[site], right.token_index  # [n_tokens, H, Tk], (example, position)
+    assert torch.allclose(p.sum(-1), torch.ones(p.shape[:2]), atol=1e-5)
+    keys = torch.arange(p.shape[-1])
+    future = keys[None, :] > index[:, 1:2]  # keys after the query position (and padding)
+    assert p.masked_select(future[:, None, :].expand_as(p)).abs().max() == 0
+    alone = cat_ragged([model.capture([t], [site], reduce="last")[site] for t in TEXTS])
+    batched = model.capture(TEXTS, [site], reduce="last", padding_side="left")[site]
+    assert batched.shape == alone.shape and torch.allclose(batched, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norm_scale_and_weights_reproduce_norm_outputs(models, name, backend):
+    """ln.hook_out == x_c / hook_scale * gain + bias, hook_scale == sqrt(mean(x_c²) + eps), logits == ln_final·W_U + b_U."""
+    model = models(name, backend)
+    w = model.weights
+    assert w.norm_kind == ("rmsnorm" if name == "tiny-llama" else "layernorm")
+    last = f"blocks.{model.n_layers - 1}.hook_resid_post"
+    norms = [("ln1", 0, "blocks.0.hook_resid_pre"), ("ln2", 1, "blocks.1.hook_resid_mid"), ("ln_final", None, last)]
+    sites = [s for which, layer, x in norms for s in (x, _norm_site(which, layer, "hook_scale"), _norm_site(which, layer, "hook_out"))]
+    acts = model.capture(TEXTS, sites, reduce="all")
+    for which, layer, x_site in norms:
+        x = acts[x_site]
+        xc = x - x.mean(-1, keepdim=True) if w.norm_kind == "layernorm" else x
+        scale, out = acts[_norm_site(which, layer, "hook_scale")], acts[_norm_site(which, layer, "hook_out")]
+        assert scale.shape == (x.shape[0], 1)
+        assert torch.allclose(scale, (xc.pow(2).mean(-1, keepdim=True) + w.norm_eps).sqrt(), rtol=1e-5)
+        assert torch.allclose(out, xc / scale * w.ln_scale(which, layer) + w.ln_bias(which, layer), atol=1e-5), which
+    logits = model.run(TEXTS, reduce="all")
+    assert torch.allclose(logits, acts[_norm_site("ln_final", None, "hook_out")] @ w.W_U + w.b_U, atol=1e-4)
+
+
+def _norm_site(which: str, layer: int | None, hook: str) -> str:
+    return f"{which}.{hook}" if layer is None else f"blocks.{layer}.{which}.{hook}"
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_pattern_and_scale_interventions_and_grads_agree_across_backends(models, name):
+    """Replacing a pattern or a norm scale, and gradients there, give the same numbers on TL and nnsight."""
+    tl, nn = models(name, "transformer_lens"), models(name, "nnsight")
+    ivs = [iv.Scale(site="blocks.0.attn.hook_pattern", factor=0.5, positions="last"), iv.Scale(site="blocks.1.ln2.hook_scale", factor=2.0)]
+    with assert_no_hook_leak(tl), assert_no_hook_leak(nn):
+        a, b = tl.run(TEXTS, ivs, padding_side="left"), nn.run(TEXTS, ivs, padding_side="left")
+        assert not torch.allclose(a, tl.run(TEXTS, padding_side="left"), atol=1e-3)
+        assert torch.allclose(a, b, atol=1e-4)
+        objective = ob.TokenLogit(token=5)
+        for site in ("blocks.1.attn.hook_pattern", "blocks.0.ln1.hook_scale", "ln_final.hook_scale"):
+            ga, gb = tl.grad(TEXTS, site, objective), nn.grad(TEXTS, site, objective)
+            assert ga.abs().max() > 0 and torch.allclose(ga, gb, atol=1e-4), site
+
+
+def test_native_model_weights_have_biases(models):
+    """TransformerLens native models: LayerNorm with a bias, an unembedding bias, TL's epsilon."""
+    w = models("tiny-tl-native", "transformer_lens").weights
+    assert w.norm_kind == "layernorm" and w.norm_eps == 1e-5
+    assert w.b_U.shape == (100,) and w.ln_bias("ln1", 0).shape == (64,)

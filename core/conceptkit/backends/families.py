@@ -243,6 +243,7 @@ def view_out(original: torch.Tensor, new: torch.Tensor, view: str) -> torch.Tens
 
 def norm_kind(module: torch.nn.Module) -> Literal["layernorm", "rmsnorm"]:
     """Whether a normalisation module centres its input (LayerNorm) or not (RMSNorm)."""
+    module = _unwrap(module)
     if isinstance(module, torch.nn.LayerNorm):
         return "layernorm"
     name = type(module).__name__.lower()
@@ -255,8 +256,15 @@ def norm_kind(module: torch.nn.Module) -> Literal["layernorm", "rmsnorm"]:
 
 def norm_eps(module: torch.nn.Module) -> float:
     """The epsilon a normalisation module adds to the variance."""
+    module = _unwrap(module)
     for attr in ("eps", "variance_epsilon", "epsilon"):
         value = getattr(module, attr, None)
         if isinstance(value, (int, float)):
             return float(value)
     raise InputError(f"{type(module).__name__} has no epsilon attribute (eps or variance_epsilon)")
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The HF module inside a TransformerLens bridge component (``original_component``)."""
+    inner = getattr(module, "original_component", None)
+    return inner if isinstance(inner, torch.nn.Module) else module

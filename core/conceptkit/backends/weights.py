@@ -147,6 +147,34 @@ class Weights:
         """Gain of ``ln1``/``ln2`` (per layer) or ``ln_final``."""
         return self.parameter(which, layer)
 
+    @property
+    def b_U(self) -> torch.Tensor:
+        """Unembedding bias ``[V]`` (zeros when the model has none)."""
+        b = getattr(self.module("unembed"), "bias", None)
+        return b if b is not None else torch.zeros(self.parameter("unembed").shape[0])
+
+    def ln_bias(self, which: str, layer: int | None = None) -> torch.Tensor:
+        """Bias of ``ln1``/``ln2`` (per layer) or ``ln_final`` (zeros for RMSNorm)."""
+        b = getattr(self.module(which, layer), "bias", None)
+        return b if b is not None else torch.zeros_like(self.parameter(which, layer))
+
+    def _a_norm(self) -> torch.nn.Module:
+        return self.module("ln_final") if "ln_final" in self.family.linears else self.module("ln1", 0)
+
+    @property
+    def norm_kind(self) -> str:
+        """``"layernorm"`` (centres, has a bias) or ``"rmsnorm"``: how every norm of the model works."""
+        from conceptkit.backends.families import norm_kind
+
+        return norm_kind(self._a_norm())
+
+    @property
+    def norm_eps(self) -> float:
+        """The epsilon the norms add to the variance (``hook_scale = sqrt(mean(x_c^2) + eps)``)."""
+        from conceptkit.backends.families import norm_eps
+
+        return norm_eps(self._a_norm())
+
     def ov(self, layer: int, head: int) -> torch.Tensor:
         """The OV circuit ``W_V[h // group] @ W_O[h]`` ``[d, d]`` (grouped KV heads repeat)."""
         group = self.n_heads // self.n_kv_heads
