@@ -9,6 +9,8 @@ import conceptkit as ck
 from conceptkit import interventions as iv
 from conceptkit import objectives as ob
 from conceptkit.errors import InputError, UnknownNameError
+from conceptkit.sae import SAE
+from conceptkit.sae.interventions import SAEFeatures
 from conceptkit.testing import assert_no_hook_leak
 
 TEXTS = ["hello world, a longer one here", "hi", "medium sized text", "z"]
@@ -207,7 +209,7 @@ def test_interventions_serialise_round_trip():
     items = [
         iv.Add(site="blocks.0.hook_resid_post", vector=[1.0, 2.0], coeff=0.5, positions=[0, -1]),
         iv.Affine(site="s", weight=torch.eye(2), bias=[0.0, 1.0]),
-        iv.ClampFeatures(site="s", W_enc=torch.ones(2, 3), b_enc=torch.zeros(3), W_dec=torch.ones(3, 2), b_dec=torch.zeros(2), features=[1]),
+        SAEFeatures(site="s", sae=SAE(torch.ones(2, 3), torch.zeros(3), torch.ones(3, 2), torch.zeros(2)), features=[1], mode="clamp", value=2.0),
     ]
     back = iv.parse_all(iv.dump(items))
     for a, b in zip(items, back):

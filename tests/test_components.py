@@ -13,6 +13,8 @@ from conceptkit import components
 from conceptkit import interventions as iv
 from conceptkit import objectives as ob
 from conceptkit.errors import InputError, UnknownNameError
+from conceptkit.sae import SAE
+from conceptkit.sae.interventions import SAEFeatures
 from conceptkit.virtual_sites import VirtualSiteSpec
 
 SITE = "blocks.0.hook_resid_post"
@@ -121,7 +123,7 @@ def test_builtin_components_round_trip_through_json():
         iv.ProjectOut(site=SITE, directions=torch.eye(2)),
         iv.Affine(site=SITE, weight=torch.eye(2), bias=[0.0, 1.0]),
         iv.Replace(site=SITE, value=[0.5, 0.5]),
-        iv.ClampFeatures(site=SITE, W_enc=torch.ones(2, 3), b_enc=torch.zeros(3), W_dec=torch.ones(3, 2), b_dec=torch.zeros(2), features=[1]),
+        SAEFeatures(site=SITE, sae=SAE(torch.ones(2, 3), torch.zeros(3), torch.ones(3, 2), torch.zeros(2)), features=[1], mode="scale", value=0.5),
         ob.TokenLogit(token="a", log_prob=True),
         ob.LogitDiff(positive=3, negative="b"),
         ob.NextTokenLoss(negate=True),

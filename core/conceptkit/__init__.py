@@ -55,10 +55,13 @@ if TYPE_CHECKING:  # pragma: no cover
         UnknownNameError,
     )
     from conceptkit.handles import Handle, HandleGroup
-    from conceptkit.interventions import Add, Affine, ClampFeatures, Intervention, ProjectOut, Replace, Scale
+    from conceptkit.interventions import Add, Affine, Intervention, ProjectOut, Replace, Scale
     from conceptkit.models import load_model
     from conceptkit.objectives import LogitDiff, NextTokenLoss, TokenLogit, as_objective, token_id
     from conceptkit.plugin_manager import method, methods, plugin_failures, plugins, registered_plugin
+    from conceptkit.sae.base import SAE
+    from conceptkit.sae.builtin import load_sae
+    from conceptkit.sae.interventions import SAEFeatures
     from conceptkit.probes import CVResult, Probe, cross_validate, fit_probe, holdout_accuracy
     from conceptkit.provenance import input_fingerprint, method_info
     from conceptkit.sites import unknown_site

@@ -70,7 +70,6 @@ _GROUPS: dict[str, dict[str, str]] = {
         "ProjectOut": "conceptkit.interventions",
         "Affine": "conceptkit.interventions",
         "Replace": "conceptkit.interventions",
-        "ClampFeatures": "conceptkit.interventions",
     },
     "objectives": {
         "objectives": "conceptkit.objectives:",
@@ -127,6 +126,9 @@ _GROUPS: dict[str, dict[str, str]] = {
     },
     "sparse autoencoders": {
         "sae": "conceptkit.sae:",
+        "SAE": "conceptkit.sae.base",
+        "SAEFeatures": "conceptkit.sae.interventions",
+        "load_sae": "conceptkit.sae.builtin",
     },
 }
 

@@ -226,6 +226,7 @@ cli.add_command(store)
 from conceptkit.cli_edit import edit  # noqa: E402
 
 cli.add_command(edit)
+cli.add_command(__import__("conceptkit.cli_sae", fromlist=["sae"]).sae)  # conceptkit sae ...
 
 
 def main(argv: list[str] | None = None) -> None:

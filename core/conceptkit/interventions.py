@@ -12,8 +12,9 @@ field and a ``transform`` (or ``apply``), and registers it through ``register_co
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal, Union
 
 import pydantic
@@ -32,6 +33,10 @@ class Intervention(pydantic.BaseModel):
 
     site: str
     positions: Positions = "all"
+
+    def __init__(self, **data: object) -> None:
+        with input_errors(type(self).__name__):
+            super().__init__(**data)
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         new = self.transform(x)
@@ -55,7 +60,7 @@ class Intervention(pydantic.BaseModel):
 
     def _check_vector(self, x: torch.Tensor, v: torch.Tensor, what: str) -> None:
         """``v`` is one vector for every token: shape ``x.shape[2:]``, or ``[d]`` broadcast."""
-        if tuple(v.shape) == tuple(x.shape[2:]):
+        if tuple(v.shape) == tuple(x.shape[2:]) and v.dim() > 0:
             return
         if v.dim() == 1:
             self._check_width(x, v.shape[0], what)
@@ -67,6 +72,25 @@ class Intervention(pydantic.BaseModel):
 
 
 _Base = Intervention  # the name used before the ops were opened to plugins
+
+
+@contextlib.contextmanager
+def input_errors(what: str) -> Iterator[None]:
+    """Turn a pydantic validation error into one :class:`InputError` line naming field and value."""
+    try:
+        yield
+    except pydantic.ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg} (got {_brief(err.get('input'))})" if loc else msg)
+        raise InputError(f"invalid {what}: " + "; ".join(parts)) from None
+
+
+def _brief(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _finite(value: float, what: str) -> float:
@@ -175,42 +199,10 @@ class Replace(Intervention):
         return self.value.to(x.dtype).to(x.device).expand_as(x)
 
 
-class ClampFeatures(Intervention):
-    """Clamp SAE features: encode, set ``features`` to ``value``, add back the decoded change.
-
-    Only the change in the chosen features is written back (``x + (f' - f) W_dec``), so the
-    SAE's reconstruction error does not leak into the model (the standard SAE-steering recipe).
-    """
-
-    op: Literal["clamp_features"] = "clamp_features"
-    W_enc: TensorField  # [d, n_features]
-    b_enc: TensorField  # [n_features]
-    W_dec: TensorField  # [n_features, d]
-    b_dec: TensorField  # [d]
-    features: list[int]
-    value: float = 0.0
-
-    @pydantic.model_validator(mode="after")
-    def _features(self) -> "ClampFeatures":
-        n = self.W_enc.shape[-1]
-        bad = [f for f in self.features if not 0 <= f < n]
-        if bad:
-            raise ValueError(f"feature index {bad[0]} is out of range: the SAE has features 0 to {n - 1}")
-        _finite(self.value, "the clamp value")
-        return self
-
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_width(x, self.W_enc.shape[0], "the SAE encoder")
-        W_enc, b_enc = self.W_enc.to(x), self.b_enc.to(x)
-        W_dec, b_dec = self.W_dec.to(x), self.b_dec.to(x)
-        idx = torch.as_tensor(self.features, device=x.device)
-        acts = torch.relu((x - b_dec) @ W_enc[:, idx] + b_enc[idx])
-        delta = (self.value - acts) @ W_dec[idx]
-        return x + delta
-
-
 #: The ops that ship with conceptkit (registered through ``_builtin.register_components``).
-BUILTIN: tuple[type[Intervention], ...] = (Add, Scale, ProjectOut, Affine, Replace, ClampFeatures)
+BUILTIN: tuple[type[Intervention], ...] = (Add, Scale, ProjectOut, Affine, Replace)
+# SAE feature interventions (clamp, ablate, scale, add) are conceptkit.sae.SAEFeatures, which refers
+# to an SAE by record id instead of carrying its matrices.
 
 
 def parse(value: object) -> Intervention:
