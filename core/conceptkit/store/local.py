@@ -229,17 +229,34 @@ class LocalStore:
         db.execute("COMMIT")
 
     @contextmanager
-    def _lock(self, exclusive: bool) -> Iterator[None]:
-        """The writers' lock: shared for ``put``, exclusive for ``gc`` and ``rm`` (see module doc)."""
+    def _lock(self, exclusive: bool, name: str = ".lock") -> Iterator[None]:
+        """The writers' lock: shared for ``put``, exclusive for ``gc`` and ``rm`` (see module doc).
+
+        ``name=".commit.lock"`` queues writers' index transactions: the kernel wakes the next
+        writer as soon as one commits, where SQLite's busy handler would poll with sleeps.
+        """
         if fcntl is None:
             yield
             return
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # One descriptor per lock file, thread and process (a forked child must not share its
+        # parent's open file description: flock locks belong to that description).
+        fds = getattr(self._local, "lock_fds", None)
+        if fds is None or fds[0] != os.getpid():
+            fds = self._local.lock_fds = (os.getpid(), {})
+        fd = fds[1].get(name)
+        if fd is None:
+            fd = fds[1][name] = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        if fd in fds[1].get("__held__", ()):  # re-entered in this thread: already held
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        held = fds[1].setdefault("__held__", set())
+        held.add(fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            held.discard(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _writable(self, what: str) -> None:
         if self.readonly:
@@ -250,6 +267,12 @@ class LocalStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        fds = getattr(self._local, "lock_fds", None)
+        if fds is not None and fds[0] == os.getpid():
+            for key, fd in fds[1].items():
+                if key != "__held__":
+                    os.close(fd)
+        self._local.lock_fds = None
 
     def _generation(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
@@ -383,7 +406,7 @@ class LocalStore:
             for d in written_dirs:
                 _fsync_dir(d)
             committed: list[Record] = []
-            with self._tx() as db:
+            with self._lock(exclusive=True, name=".commit.lock"), self._tx() as db:
                 for record, tensors in fresh:
                     # Another process may have stored the same content since we looked.
                     if db.execute("SELECT 1 FROM records WHERE id=?", (record.id,)).fetchone():
@@ -398,14 +421,19 @@ class LocalStore:
                             manifest["blob_sha256"] = record.blob_sha256
                             db.execute("UPDATE records SET blob_sha256=?, manifest=? WHERE id=?", (record.blob_sha256, json.dumps(manifest), record.id))
                 db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
-                rows = self._rows_by_id(db, list(unique))
+                mine = {r.id for r in committed}
+                rows = self._rows_by_id(db, [rid for rid in unique if rid not in mine])
             # Read back inside the lock: no ``rm`` can run between our commit and this read.
         if len(committed) >= 1000:
             # Fold a bulk load's write-ahead log back into the database file (it would otherwise
             # stay on disk at the size of the load until the next automatic checkpoint).
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         out = []
+        fresh_by_id = {r.id: r for r in committed}
         for record, _, _ in prepared:
+            if record.id in fresh_by_id:
+                out.append(fresh_by_id[record.id])
+                continue
             text = rows.get(record.id)
             if text is None:  # pragma: no cover - the lock makes this impossible
                 raise StoreError(f"record {record.short_id} vanished while it was being stored")
@@ -484,6 +512,8 @@ class LocalStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            if record.id not in self:  # removed by a concurrent rm since we read its manifest
+                raise UnknownNameError("record", record.id) from None
             raise StoreError(f"record {record.short_id}: blob {path} is missing (run `conceptkit store verify`)") from None
         except OSError as exc:
             raise StoreError(f"record {record.short_id}: blob {path} cannot be read ({exc.strerror or exc}; run `conceptkit store verify`)") from None
@@ -626,29 +656,43 @@ class LocalStore:
             report.temporary = [str(p.relative_to(self.root)) for p in tmp.iterdir()]
         return report
 
+    def _unindexed_files(self) -> tuple[list[Path], list[Path]]:
+        """Blobs whose id is not indexed, and everything in ``tmp/`` (no hashing)."""
+        known = {row[0] for row in self._db.execute("SELECT id FROM records")}
+        blobs, tmp = self.root / "blobs", self.root / "tmp"
+        orphans = [p for p in blobs.glob("*/*.safetensors") if p.stem not in known] if blobs.is_dir() else []
+        temporary = list(tmp.iterdir()) if tmp.is_dir() else []
+        return orphans, temporary
+
+    @_sqlite_errors
     def gc(self, grace_s: float | None = None) -> list[str]:
         """Delete orphan blobs and temporary files left by interrupted writes.
 
-        Runs under the writers' lock, so nothing a live writer may still commit is touched.
-        ``grace_s`` additionally spares files younger than that many seconds (default 0 where
-        ``flock`` exists, an hour where it does not).
+        Candidates are listed without a lock, then re-checked and deleted under the writers'
+        lock held exclusively: no writer is between its first file write and its commit then,
+        so a blob that is still not indexed, and anything in ``tmp/``, is garbage. ``grace_s``
+        additionally spares files younger than that many seconds (default 0 where ``flock``
+        exists, an hour where it does not).
         """
         self._writable("collect garbage")
         if grace_s is None:
             grace_s = 0.0 if fcntl is not None else GC_GRACE_WITHOUT_LOCK_S
+        orphans, temporary = self._unindexed_files()
+        if not orphans and not temporary:
+            return []
+        removed = []
+        cutoff = time.time() - grace_s
         with self._lock(exclusive=True):
-            report = self.verify()
-            removed = []
-            cutoff = time.time() - grace_s
-            for rel in report.orphans + report.temporary:
-                path = self.root / rel
+            for path in orphans + temporary:
                 try:
                     if grace_s > 0 and path.lstat().st_mtime > cutoff:
                         continue
                 except OSError:
-                    continue
+                    continue  # gone already
+                if path in orphans and path.stem in self:
+                    continue  # committed since we listed it
                 _remove_path(path)
-                removed.append(rel)
+                removed.append(str(path.relative_to(self.root)))
         return removed
 
     def __repr__(self) -> str:
