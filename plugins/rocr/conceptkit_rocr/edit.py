@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+import conceptkit as ck
 from conceptkit.errors import InputError
 from conceptkit.handles import Handle, HandleGroup  # TODO(public-surface)
 from conceptkit_rocr.solve import rocr_update
@@ -38,7 +39,11 @@ class LayerFactors:
 
 @dataclass
 class RocrEdit:
-    """The artifact: rank-one factors per layer, applied to ``W_out`` of each edit layer."""
+    """The artifact: rank-one factors per layer, applied to ``W_out`` of each edit layer.
+
+    As core data it is a :class:`conceptkit.WeightEditSet` of ``low_rank`` edits (role ``out``,
+    ``left = w [d_mlp, 1]``, ``right = R [d, 1]``, ``ΔW = left rightᵀ`` in TL layout), one record.
+    """
 
     target: str
     harmless: str
@@ -46,29 +51,38 @@ class RocrEdit:
     z_layer: int
     factors: list[LayerFactors]
     templates_kind: str = "chat"
-    base_hash: str | None = None
+    base_hashes: dict[int, str | None] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
+    def edit_set(self) -> Any:
+        return ck.WeightEditSet(
+            [ck.WeightEdit.low_rank(role=ROLE, layer=f.layer, left=f.left.float().reshape(-1, 1), right=f.right.float().reshape(-1, 1),
+                                    base_hash=self.base_hashes.get(f.layer)) for f in self.factors],
+            name=f"rocr {self.target} -> {self.harmless}",
+        )
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        """What the record keeps besides the edits: the layers and the keys (``C_prev`` of later edits)."""
+        return {"rocr.layers": torch.tensor(self.layers, dtype=torch.int64), "rocr.keys": torch.stack([f.key.float() for f in self.factors])}
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for f in self.factors:
-            out[f"layer_{f.layer}.left"] = f.left.float().reshape(-1, 1).contiguous()
-            out[f"layer_{f.layer}.right"] = f.right.float().reshape(-1, 1).contiguous()
-            out[f"layer_{f.layer}.key"] = f.key.float().contiguous()
-        return out
+        """Record tensors: ``<i>.left``/``<i>.right`` (as ``WeightEditSet.to_draft``) plus :meth:`extra_tensors`."""
+        out = {f"{i}.{k}": v.contiguous() for i, e in enumerate(self.edit_set()) for k, v in e.tensors().items()}
+        return {**out, **self.extra_tensors()}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], **kwargs: Any) -> "RocrEdit":
-        layers = sorted({int(k.split(".")[0].removeprefix("layer_")) for k in tensors})
-        factors = [LayerFactors(l, tensors[f"layer_{l}.left"].reshape(-1), tensors[f"layer_{l}.right"].reshape(-1), tensors[f"layer_{l}.key"]) for l in layers]
+        layers = [int(l) for l in tensors["rocr.layers"].tolist()]
+        keys = tensors["rocr.keys"]
+        factors = [LayerFactors(l, tensors[f"{i}.left"].reshape(-1), tensors[f"{i}.right"].reshape(-1), keys[i]) for i, l in enumerate(layers)]
         kwargs.setdefault("target", "")
         kwargs.setdefault("harmless", "")
         kwargs.setdefault("z_layer", layers[-1])
         return cls(layers=layers, factors=factors, **kwargs)
 
-    def apply(self, model: Any) -> Handle:
-        """Add every layer's rank-one update to the model; the handle restores the exact bits."""
-        return apply_factors(model, [(f.layer, f.left, f.right) for f in self.factors])
+    def apply(self, model: Any, *, check_hash: bool = True) -> Handle:
+        """Add every layer's rank-one update (core edit API); the handle restores the exact bits."""
+        return model.apply_edit(self.edit_set(), check_hash=check_hash)
 
     def C(self) -> dict[int, torch.Tensor]:
         """``k kᵀ`` per layer: what this edit adds to ``C_prev`` of a later sequential edit."""
@@ -77,15 +91,8 @@ class RocrEdit:
 
 def apply_factors(model: Any, factors: list[tuple[int, torch.Tensor, torch.Tensor]]) -> Handle:
     """``W_out[l] += outer(left, right)`` in TL layout for each factor (Conv1D vs Linear by the core)."""
-    # TODO(public-surface): switch to ck.WeightEditSet / model.apply_edit when conceptkit.edits lands.
-    group = HandleGroup(description=f"rocr edit of {len(factors)} layer(s)")
-    try:
-        for layer, left, right in factors:
-            group.add(model.weights.rank_one_update(ROLE, layer, left.reshape(-1), right.reshape(-1)))
-    except BaseException:
-        group.remove()
-        raise
-    return group
+    edits = [ck.WeightEdit.low_rank(role=ROLE, layer=l, left=left.float().reshape(-1, 1), right=right.float().reshape(-1, 1)) for l, left, right in factors]
+    return model.apply_edit(ck.WeightEditSet(edits, name="rocr factors"))
 
 
 # -- reads -----------------------------------------------------------------------------------------
@@ -160,7 +167,9 @@ def compute_edit(
     ctx, kind = context_templates(model.tokenizer, templates)
     z = target_value(model, harmless, ctx, z_layer, mode, target=target, seed=seed, reject=reject)
     value_templates = [SLOT] if value_context == "bare" else ctx
-    base_hash = model.ref.weights_hash
+    from conceptkit.edits import original_of, parameter_hash  # TODO(public-surface)
+
+    base_hashes = {l: parameter_hash(original_of(model.weights.parameter(ROLE, l))) for l in layers}
     factors: list[LayerFactors] = []
     applied = HandleGroup(description="rocr solve")
     try:
@@ -186,4 +195,4 @@ def compute_edit(
         "residual_after": float((z - h_final).norm()),
         "cos_before": None,
     }
-    return RocrEdit(target, harmless, list(layers), z_layer, factors, kind, base_hash, info)
+    return RocrEdit(target, harmless, list(layers), z_layer, factors, kind, base_hashes, info)

@@ -46,11 +46,15 @@ class ROCR(ck.ArtifactMethod):
         return self._edit(model, cfg, self._stats(model, cfg, layers, store), layers)
 
     def apply(self, artifact: Any, model: ck.Model) -> "Handle":
-        """Apply a :class:`RocrEdit` or its stored tensors (``store.tensors(record_id)``)."""
+        """Apply a :class:`RocrEdit`, its stored tensors (``store.tensors(record_id)``) or the
+        core's ``WeightEditSet`` (``ck.edits.load(store, record_id)``)."""
         from conceptkit_rocr.edit import RocrEdit
 
-        edit = artifact if isinstance(artifact, RocrEdit) else RocrEdit.from_tensors(artifact)
-        return edit.apply(model)
+        if isinstance(artifact, dict):
+            artifact = RocrEdit.from_tensors(artifact)
+        if isinstance(artifact, RocrEdit):
+            return artifact.apply(model)
+        return model.apply_edit(artifact)
 
     def compute(self, model: ck.Model, config: RocrConfig, store: Any) -> "RocrResult":
         from conceptkit_rocr.evaluate import entity, evaluate
@@ -64,7 +68,7 @@ class ROCR(ck.ArtifactMethod):
         result = RocrResult(
             target=config.target, harmless=config.harmless, layers=layers, z_layer=edit.z_layer, templates_kind=edit.templates_kind,
             value_context=config.value_context, mode=config.mode, texts_fingerprint=next(iter(stats.values())).texts_fingerprint,
-            base_hash=edit.base_hash, residual_after=edit.info["residual_after"], edit_seconds=seconds,
+            base_hashes=edit.base_hashes, residual_after=edit.info["residual_after"], edit_seconds=seconds,
             parents=[s.record_id for s in stats.values() if s.record_id],
         )
         for f in edit.factors:
@@ -74,7 +78,7 @@ class ROCR(ck.ArtifactMethod):
                 null_dim=st.projector.null_dim, width=int(st.projector.P.shape[0]), n_tokens=st.n_tokens, tau=st.projector.tau,
                 stats_source=st.source, stats_seconds=st.seconds,
             ))
-        result.tensors = edit.tensors()
+        result.edit = edit
         if config.evaluate:
             try:
                 entity(config.target)

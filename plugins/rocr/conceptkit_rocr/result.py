@@ -34,13 +34,13 @@ class RocrResult(ck.Result):
     value_context: str = "bare"
     mode: str = "unrelated"
     texts_fingerprint: str = ""
-    base_hash: str | None = None
+    base_hashes: dict[int, str | None] = pydantic.Field(default_factory=dict)
     layer_reports: list[LayerReport] = pydantic.Field(default_factory=list)
     residual_after: float = math.nan
     edit_seconds: float = math.nan
     evaluations: list[Evaluation] = pydantic.Field(default_factory=list)
     baseline_info: dict[str, Any] = pydantic.Field(default_factory=dict)
-    tensors: dict[str, Any] = pydantic.Field(default_factory=dict, repr=False, exclude=True)
+    edit: Any = pydantic.Field(None, repr=False, exclude=True)  # the RocrEdit
     parents: list[str] = pydantic.Field(default_factory=list)
 
     def summary(self) -> str:
@@ -73,35 +73,30 @@ class RocrResult(ck.Result):
         return plot_forms(self.evaluations, path)
 
     def drafts(self) -> list[Any]:
-        if not self.tensors:
+        """One ``weight_edit`` record: the core's low-rank edit set plus the layers and keys."""
+        if self.edit is None:
             return []
-        from conceptkit.plugin_manager import dist_version  # TODO(public-surface)
-        from conceptkit.store.record import MethodInfo, RecordDraft  # TODO(public-surface)
-
         metrics: dict[str, Any] = {
             "delta_norms": [r.delta_norm for r in self.layer_reports],
             "key_ranks": [r.key_rank for r in self.layer_reports],
             "residual_after": self.residual_after,
             "edit_seconds": self.edit_seconds,
+            "harmless": self.harmless,
         }
         rocr = [e for e in self.evaluations if e.method == "rocr"]
         if rocr:
             metrics.update(relative_drop_all_forms=rocr[0].relative_drop(), neighbour_kept=rocr[0].neighbour_kept(), kl_unrelated=rocr[0].kl_unrelated)
-        return [RecordDraft(
-            tensors=self.tensors,
-            concept=self.target,
-            description=f"ROCR edit: {self.target!r} redirected to {self.harmless!r}; rank-one W_out updates per layer "
-                        "(layer_L.left [d_mlp,1] x layer_L.right [d,1]ᵀ in TL [in,out] layout; layer_L.key for sequential edits)",
-            kind="weight_edit",
-            examples_fingerprint=self.texts_fingerprint,
-            method=MethodInfo(name="rocr", plugin="rocr", distribution="conceptkit-rocr", version=dist_version("conceptkit-rocr"), config=self.config),
-            model=self.model_ref,
-            site=",".join(f"blocks.{l}.mlp.hook_post" for l in self.layers),
-            reduction="subject_last",
-            metrics=metrics,
-            tags=["rocr", "weight_edit", "unlearning"],
-            parents=self.parents,
-        )]
+        draft = self.edit.edit_set().to_draft(
+            self.target,
+            description=f"ROCR edit: {self.target!r} redirected to {self.harmless!r}; rank-one W_out updates of layers {self.layers} "
+                        "(i.left [d_mlp,1] x i.right [d,1]ᵀ, TL [in,out] layout); rocr.keys feed C_prev of sequential edits",
+            model=self.model_ref, tags=["rocr", "unlearning"], parents=self.parents, metrics=metrics,
+        )
+        return [draft.model_copy(update={
+            "tensors": {**draft.tensors, **self.edit.extra_tensors()},
+            "examples_fingerprint": self.texts_fingerprint,
+            "reduction": "subject_last",
+        })]
 
 
 def plot_forms(evaluations: list[Evaluation], path: str | Path) -> Path:

@@ -31,3 +31,9 @@ def test_run_stores_one_weight_edit_record_and_reapplies(tmp_path):
         assert torch.allclose(stored[l], again[l], atol=1e-6)
         assert torch.linalg.matrix_rank((stored[l] - W[l]).double(), atol=1e-6) == 1
     assert isinstance(fitted, RocrEdit)
+    # the same record through the core's edit API on the other backend
+    other = ck.load_model("tiny-llama", backend="nnsight")
+    base = other.weights.W_out(1).detach().clone()
+    with ck.edits.load(store, edits[0].id).apply(other):
+        assert torch.allclose(other.weights.W_out(1), stored[1], atol=1e-6)
+    assert torch.equal(other.weights.W_out(1), base)
