@@ -26,7 +26,7 @@ import pydantic
 import torch
 from safetensors.torch import load_file, save_file
 
-from conceptkit.errors import InputError, UnknownNameError
+from conceptkit.errors import UnknownNameError
 from conceptkit.sae.base import SAE
 
 
@@ -48,6 +48,7 @@ class Recipe(pydantic.BaseModel):
     dead_tokens: int = 100_000
     seed: int = 0
     quick_eval_tokens: int = 8192
+    sources: tuple[str, ...] = ("pydoc", "stdlib", "docstrings", "packages", "project")
 
     def key(self, site: str) -> str:
         raw = json.dumps({**self.model_dump(), "site": site, "v": 1}, sort_keys=True)
@@ -135,13 +136,12 @@ def build(name: str, site: str, recipe: Recipe, folder: Path, *, model: Any = No
     work = folder.parent / f".{folder.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     _say(f"building the {name} SAE at {site} once into {folder} (a one-time cost of several minutes on a laptop CPU)")
-    corpus = corpus_mod.build()
+    corpus = corpus_mod.build(recipe.sources)
     if model is None:
         from conceptkit.models import load_model
 
         model = load_model(recipe.model, backend="transformers")
-    if site not in model.native_sites():
-        raise InputError(f"{site!r} is not a site of {recipe.model}")
+    model.resolve_site(site)
     tok = model.tokenizer
     train = corpus_mod.token_windows(corpus, tok, "train", recipe.context, max_tokens=recipe.train_tokens, seed=recipe.seed)
     held = corpus_mod.token_windows(corpus, tok, "held_out", recipe.context, max_tokens=recipe.quick_eval_tokens, seed=recipe.seed)
