@@ -114,14 +114,26 @@ def test_broken_plugin_is_reported_by_name_and_others_still_load(fake_distributi
     assert "half" not in ck.methods()  # a plugin that raised mid-registration leaves nothing behind
 
 
-def test_duplicate_method_name_keeps_first_and_names_both(fake_distribution):
-    """Two plugins claiming one method name: the first wins, the second is reported."""
+def test_duplicate_method_name_is_reported_naming_both_and_chosen_explicitly(fake_distribution, monkeypatch):
+    """Two distributions claiming one method name: no order decides; both are named; the user chooses.
+
+    (Issue 10 changed this rule: the first registration used to win by alphabetical order.)
+    """
     fake_distribution("ck-a-good", "ck_a_good", GOOD)
     fake_distribution("ck-z-dup", "ck_z_dup", DUPLICATE)
     failures = _quiet_failures()
-    assert len(failures) == 1
-    assert failures[0].plugin == "ck_z_dup" and "'good'" in failures[0].reason and "ck_a_good" in failures[0].reason
-    assert ck.methods()["good"].__module__ == "ck_a_good"
+    assert {f.stage for f in failures} == {"conflict"} and {f.distribution for f in failures} == {"ck-a-good", "ck-z-dup"}
+    assert all("'good'" in f.reason for f in failures)
+    with pytest.raises(ck.PluginError, match="ck-a-good.*ck-z-dup"):
+        ck.method("good")
+    assert "good" not in ck.methods()
+    assert type(ck.method("good", plugin="ck-z-dup")).__module__ == "ck_z_dup"
+    assert type(ck.method("good", plugin="ck-a-good")).__module__ == "ck_a_good"
+    monkeypatch.setenv("CONCEPTKIT_METHOD_PLUGINS", "good=ck-z-dup")
+    import conceptkit.plugin_manager as p
+
+    p.reset()
+    assert ck.methods()["good"].__module__ == "ck_z_dup" and _quiet_failures() == []
 
 
 def test_failures_are_warned_once_on_load(fake_distribution):

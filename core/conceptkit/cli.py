@@ -18,21 +18,8 @@ from conceptkit.errors import ConceptkitError
 _DEBUG = False
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*[str(c) if c is not None else "" for c in row])
-    _console().print(table)
+from conceptkit._cli_output import console as _console  # noqa: E402,F401 - shared with cli_store (no import circle)
+from conceptkit._cli_output import table as _table  # noqa: E402
 
 
 class ConceptkitGroup(click.Group):
@@ -44,14 +31,10 @@ class ConceptkitGroup(click.Group):
         if ConceptkitGroup._plugins_loaded:
             return
         ConceptkitGroup._plugins_loaded = True
-        from conceptkit.plugin_manager import get_manager
+        from conceptkit.plugin_manager import add_plugin_commands
 
-        manager = get_manager()
-        for impl in manager.hook.register_commands.get_hookimpls():
-            try:
-                impl.function(cli=self)
-            except Exception as exc:  # noqa: BLE001
-                click.echo(f"warning: plugin {impl.plugin_name!r} failed to add commands: {exc}", err=True)
+        # Plugins may add commands, never replace one (failures are reported by distribution).
+        add_plugin_commands(self, echo=lambda message: click.echo(message, err=True))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()

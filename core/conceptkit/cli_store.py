@@ -35,7 +35,7 @@ def ls(store_path, concept, model, site, method, tag, as_json):  # type: ignore[
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
-    from conceptkit.cli import _table
+    from conceptkit._cli_output import table as _table
 
     rows = [[r.short_id, r.concept, r.method.name, (r.model or {}).get("name"), r.site, ",".join(r.tags), r.created_at.strftime("%Y-%m-%d %H:%M")] for r in records]
     _table(f"{len(records)} record(s)", ["id", "concept", "method", "model", "site", "tags", "created"], rows)
@@ -59,7 +59,7 @@ def show(store_path, record_id):  # type: ignore[no-untyped-def]
 @click.option("--method")
 def similar(store_path, record_id, k, tensor, model, site, method):  # type: ignore[no-untyped-def]
     """Records most similar (cosine) to a record's vector."""
-    from conceptkit.cli import _table
+    from conceptkit._cli_output import table as _table
 
     matches = _open(store_path).similar(record_id, k=k, tensor=tensor, model=model, site=site, method=method)
     _table("similar", ["score", "id", "tensor", "concept", "site"], [[f"{m.score:.4f}", m.record.short_id, m.tensor, m.record.concept, m.record.site] for m in matches])
