@@ -119,7 +119,11 @@ def parse(family: Family, data: Any) -> Any:
     key = DISCRIMINATORS[family]
     if key not in data:
         raise InputError(f"a {family.replace('_', ' ')} dict needs {key!r}; known: {', '.join(kinds(family))}")
-    return get(family, data[key]).model_validate(data)
+    from conceptkit.interventions import input_errors
+
+    cls = get(family, data[key])
+    with input_errors(f"{family.replace('_', ' ')} {data[key]!r}"):
+        return cls(**data)
 
 
 def dump(component: pydantic.BaseModel) -> dict[str, Any]:

@@ -55,6 +55,12 @@ class Objective(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
+    def __init__(self, **data: Any) -> None:
+        from conceptkit.interventions import input_errors
+
+        with input_errors(type(self).__name__):
+            super().__init__(**data)
+
     def sites(self) -> list[str]:
         """Sites whose activations ``evaluate`` needs (with their graph) besides the output."""
         return []

@@ -234,6 +234,9 @@ class Model:
         """Split inputs into batches; each is padded only to its own longest example."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        return self._batches(inputs, batch_size, padding_side)
+
+    def _batches(self, inputs: Inputs, batch_size: int, padding_side: PaddingSide | None) -> Iterator[Batch]:
         if _is_token_input(inputs):
             full = self.tokenize(inputs, padding_side)
             for start in range(0, len(full), batch_size):
