@@ -10,8 +10,25 @@ import difflib
 from collections.abc import Iterable
 
 
+#: longest message an error carries: a huge value (a megabyte string in a config) is echoed shortened
+MAX_MESSAGE_CHARS = 2000
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut in the middle to at most about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit * 2 // 3], text[-(limit // 4) :]
+    return f"{head} ... [{len(text) - len(head) - len(tail)} characters omitted] ... {tail}"
+
+
 class ConceptkitError(Exception):
-    """Base class of every error conceptkit raises deliberately."""
+    """Base class of every error conceptkit raises deliberately (messages are capped in length)."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (shorten(args[0]),)
+        super().__init__(*args)
 
 
 class PluginError(ConceptkitError):
