@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from conceptkit.errors import MissingDependencyError, StoreError
 from conceptkit.store.local import LocalStore
@@ -39,9 +39,21 @@ def export_control_vector(store: LocalStore, record_id: str, path: str | Path, m
     except ImportError:
         raise MissingDependencyError("gguf", "pip install gguf") from None
     record, tensors = store.load(record_id)
-    layers = {_layer_of(name): t for name, t in tensors.items() if t.dim() == 1}
+    layers: dict[int, torch.Tensor] = {}
+    names: dict[int, str] = {}
+    for name, t in tensors.items():
+        if t.dim() != 1:
+            continue
+        layer = _layer_of(name)
+        if layer in layers:
+            raise StoreError(f"record {record.short_id}: tensors {names[layer]!r} and {name!r} both name layer {layer}; a control vector has one direction per layer")
+        layers[layer], names[layer] = t, name
     if not layers:
         raise StoreError(f"record {record.short_id} has no 1-D per-layer vectors to export")
+    widths = {int(t.shape[0]) for t in layers.values()}
+    if len(widths) > 1:
+        detail = ", ".join(f"{names[l]!r}: {int(layers[l].shape[0])}" for l in sorted(layers))
+        raise StoreError(f"record {record.short_id}: per-layer vectors have different widths ({detail}); a control vector needs one width")
     hint = model_hint or (record.model or {}).get("architecture", "llama")
     hint = {"LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}.get(hint, hint)
     path = Path(path)
@@ -81,17 +93,33 @@ def read_saelens(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     cfg_path, weights_path = folder / "cfg.json", folder / "sae_weights.safetensors"
     if not cfg_path.exists() or not weights_path.exists():
         raise StoreError(f"{folder} is not a SAELens folder (needs cfg.json and sae_weights.safetensors)")
-    cfg = json.loads(cfg_path.read_text())
-    tensors = load_file(str(weights_path))
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"{cfg_path}: not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(cfg, dict):
+        raise StoreError(f"{cfg_path}: must hold a JSON object, not {type(cfg).__name__}")
+    from conceptkit.store.local import load_safetensors
+
+    tensors = load_safetensors(weights_path.read_bytes(), str(weights_path))
     missing = [k for k in SAE_TENSORS if k not in tensors]
     if missing:
         raise StoreError(f"{weights_path}: missing tensors {missing}")
-    d_in, d_sae = tensors["W_enc"].shape
-    if tuple(tensors["W_dec"].shape) != (d_sae, d_in):
-        raise StoreError(f"{weights_path}: W_dec has shape {tuple(tensors['W_dec'].shape)}, expected {(d_sae, d_in)}")
+    if tensors["W_enc"].dim() != 2:
+        raise StoreError(f"{weights_path}: W_enc has shape {tuple(tensors['W_enc'].shape)}, expected [d_in, d_sae]")
+    d_in, d_sae = (int(n) for n in tensors["W_enc"].shape)
+    expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for key, shape in expected.items():
+        if key in tensors and tuple(tensors[key].shape) != shape:
+            raise StoreError(f"{weights_path}: {key} has shape {tuple(tensors[key].shape)}, expected {shape}")
     for key, n in (("d_in", d_in), ("d_sae", d_sae)):
-        if key in cfg and int(cfg[key]) != n:
-            raise StoreError(f"{cfg_path}: {key}={cfg[key]} but the weights say {n}")
+        if key in cfg:
+            try:
+                declared = int(cfg[key])
+            except (TypeError, ValueError):
+                raise StoreError(f"{cfg_path}: {key}={str(cfg[key])[:40]!r} is not a whole number") from None
+            if declared != n:
+                raise StoreError(f"{cfg_path}: {key}={cfg[key]} but the weights say {n}")
     return cfg, tensors
 
 
