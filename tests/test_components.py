@@ -211,3 +211,15 @@ def test_inner_site_functional_identities(models, backend):
     assert torch.allclose(fd, g @ u, rtol=2e-2, atol=1e-3)
     with pytest.raises(InputError, match="does not depend on site 'blocks.1.hook_resid_post'"):
         model.grad(TEXTS, "blocks.1.hook_resid_post", ob.InnerSiteFunctional(site=SITE, direction=v))
+
+
+def test_the_plugin_author_guide_components_example_runs(capsys):
+    """The components example in docs/plugin-authors.md runs as written: a plugin op and a virtual site."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "plugin-authors.md").read_text()
+    code = text.split("## 9. Components", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "plugin-authors.md", "exec", dont_inherit=True), namespace)
+    assert torch.allclose(namespace["acts"][SITE + ".hook_unit"].norm(dim=-1), torch.ones(1), atol=1e-5)
+    assert namespace["clipped"].shape[0] == 1 and "clip" not in components.kinds("intervention")

@@ -199,3 +199,15 @@ def test_local_executor_runs_plans_on_a_real_model(models):
     assert torch.equal(out.reads["blocks.1.hook_resid_post"], model.capture(batch, ["blocks.1.hook_resid_post"], reduce="mean")["blocks.1.hook_resid_post"])
     assert torch.equal(out.output, model.run(batch))
     assert model.execute(Plan(batch, reads=[Read("blocks.0.hook_resid_post")], stop_after_reads=True)).output is None
+
+
+def test_the_plugin_author_guide_plan_example_runs(capsys):
+    """The plans example in docs/plugin-authors.md runs as written through capture, run and nll."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "plugin-authors.md").read_text()
+    code = text.split("## 8. Plans and executors", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "plugin-authors.md", "exec", dont_inherit=True), namespace)
+    assert "torch.Size([2, 4])" in capsys.readouterr().out
+    assert namespace["model"].nll(namespace["ids"])[1].tolist() == [2, 1]
