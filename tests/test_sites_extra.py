@@ -190,3 +190,25 @@ def test_native_model_weights_have_biases(models):
     w = models("tiny-tl-native", "transformer_lens").weights
     assert w.norm_kind == "layernorm" and w.norm_eps == 1e-5
     assert w.b_U.shape == (100,) and w.ln_bias("ln1", 0).shape == (64,)
+
+
+def test_generation_policy_reads_virtual_sites(virtual):
+    """A generation policy may read virtual sites at every step, like real ones."""
+    from conceptkit.generation import GenerationPolicy  # TODO(public-surface)
+
+    model = virtual("transformer_lens")
+
+    class Reader(GenerationPolicy):
+        reads = [BASE, DOUBLE]
+
+        def start(self, prompt_ids, attention_mask):  # type: ignore[no-untyped-def]
+            self.pairs = []
+
+        def step(self, state):  # type: ignore[no-untyped-def]
+            self.pairs.append((state.reads[BASE], state.reads[DOUBLE]))
+            return []
+
+    policy = Reader()
+    with assert_no_hook_leak(model):
+        model.generate(["hello", "hi there"], max_new_tokens=3, policy=policy)
+    assert len(policy.pairs) == 3 and all(torch.equal(d, 2 * b) for b, d in policy.pairs)
