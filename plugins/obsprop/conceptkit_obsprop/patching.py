@@ -75,6 +75,7 @@ class Patcher:
         self.y = y_final.to(circuit.dtype)
         self.T = pos.n_tokens
         self.last = self.T - 1
+        self._memo: dict[tuple, torch.Tensor] = {}  # candidate output differences by (kind, layer, row)
 
     # -- propagating a difference along a path -----------------------------------------------------
     def _through(self, comp: Comp, delta: torch.Tensor, out_row: int) -> torch.Tensor:
@@ -106,15 +107,27 @@ class Patcher:
     # -- candidates upstream of a chain ---------------------------------------------------------------
     def _head_deltas(self, layer: int, out_row: int) -> torch.Tensor:
         """``[H, T, d]``: each head's output difference at ``out_row`` when source ``s`` is patched."""
+        key = ("attn", layer, out_row)
+        if key in self._memo:
+            return self._memo[key]
         c = self.c
         dv = c.norm("ln1", layer, self.neg.resid_pre[layer]) - c.norm("ln1", layer, self.pos.resid_pre[layer])  # [T, d]
         W_V, W_O = c.W_V(layer), c.W_O(layer)
         A = self.pos.pattern[layer, :, out_row, :]  # type: ignore[index]  # [H, T]
         out = torch.stack([(dv @ W_V[h // c.group]) @ W_O[h] for h in range(c.n_heads)])  # [H, T, d]
-        return out * A.unsqueeze(-1)
+        self._memo[key] = out * A.unsqueeze(-1)
+        return self._memo[key]
 
-    def extend(self, chain: list[Comp], use_attn: bool = True, use_mlp: bool = True) -> tuple[list[PatchedPath], PatchedPath]:
-        """Every one-component extension of ``chain`` with its score, and the embedding path."""
+    def _mlp_delta(self, layer: int, row: int) -> torch.Tensor:
+        key = ("mlp", layer, row)
+        if key not in self._memo:
+            c = self.c
+            self._memo[key] = (c.mlp(layer, c.norm("ln2", layer, self.neg.resid_mid[layer, row]))
+                               - c.mlp(layer, c.norm("ln2", layer, self.pos.resid_mid[layer, row])))
+        return self._memo[key]
+
+    def extend(self, chain: list[Comp], use_attn: bool = True, use_mlp: bool = True, keep: int | None = None) -> tuple[list[PatchedPath], PatchedPath]:
+        """Every one-component extension of ``chain`` with its score (the ``keep`` best if given), and the embedding path."""
         c = self.c
         if chain:
             head = chain[0]
@@ -133,13 +146,16 @@ class Patcher:
                     scores = self.propagate(rest, deltas.reshape(-1, c.d)).reshape(c.n_heads, self.T)
                 else:
                     scores = -(deltas @ self.y)
-                for h in range(c.n_heads):
-                    for s in range(row + 1):  # causal: later sources do not reach `row`
-                        found.append(PatchedPath([Comp(layer, "attn", h, s), *chain], float(scores[h, s])))
+                scores = scores[:, : row + 1]  # causal: later sources do not reach `row`
+                flat = scores.flatten()
+                idx = torch.arange(flat.numel()) if keep is None else torch.topk(flat, min(keep, flat.numel())).indices
+                width = scores.shape[1]
+                for i in idx.tolist():
+                    h, s = divmod(i, width)
+                    found.append(PatchedPath([Comp(layer, "attn", h, s), *chain], float(flat[i])))
         if use_mlp:
             for layer in mlp_layers:
-                d_out = (c.mlp(layer, c.norm("ln2", layer, self.neg.resid_mid[layer, row]))
-                         - c.mlp(layer, c.norm("ln2", layer, self.pos.resid_mid[layer, row])))
+                d_out = self._mlp_delta(layer, row)
                 score = self.propagate(rest, d_out.unsqueeze(0))[0] if rest else -(d_out @ self.y)
                 found.append(PatchedPath([Comp(layer, "mlp", -1, row), *chain], float(score)))
         d_emb = (self.neg.resid_pre[0, row] - self.pos.resid_pre[0, row]).unsqueeze(0)
@@ -156,7 +172,7 @@ class Patcher:
             for chain in frontier:
                 if chain and chain[0].sublayer == "embedding":
                     continue
-                found, emb = self.extend(chain, use_attn, use_mlp)
+                found, emb = self.extend(chain, use_attn, use_mlp, keep=num_paths)
                 candidates.extend(found)
                 embeddings.append(emb)
             candidates.sort(key=lambda p: p.contrib, reverse=True)
