@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from conceptkit.activations import Activations, open_activations
     from conceptkit.backends import wrap
     from conceptkit.backends.base import Model, ModelRef
+    from conceptkit.backends.conventions import ConventionWarning
     from conceptkit.capabilities import Capability
     from conceptkit.concepts import ConceptSet
     from conceptkit.contract import ArtifactMethod, Method, MethodConfig, Result, validate_config

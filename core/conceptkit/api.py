@@ -47,6 +47,7 @@ _GROUPS: dict[str, dict[str, str]] = {
         "Model": "conceptkit.backends.base",
         "ModelRef": "conceptkit.backends.base",
         "wrap": "conceptkit.backends",
+        "ConventionWarning": "conceptkit.backends.conventions",
         "load_model": "conceptkit.models",
         "Handle": "conceptkit.handles",
         "HandleGroup": "conceptkit.handles",

@@ -234,22 +234,37 @@ class TransformersBackend:
         return isinstance(obj, PreTrainedModel)
 
     def wrap(self, obj: Any, tokenizer: Any = None, **kwargs: Any) -> Model:
-        return HFModel(obj, tokenizer, **kwargs)
+        """Wrap an HF model; its tokenizer is found from its checkpoint when not given (an
+        error now, not at the first capture, if there is none); differences from
+        ``load_model``'s conventions are warned about (:mod:`conceptkit.backends.conventions`)."""
+        from conceptkit.backends.conventions import check_conventions, find_tokenizer
+
+        tok = find_tokenizer(tokenizer, None, obj, f"{type(obj).__name__}")
+        check_conventions(tok, obj, f"{type(obj).__name__}")
+        return HFModel(obj, tok, **kwargs)
 
 
 class NNsightBackend:
-    """Recognises nnsight models without importing nnsight unless it is already loaded."""
+    """Recognises nnsight 0.8 models: ``NNsight``, ``LanguageModel``, ``TransformersModel`` and
+    envoys (all ``Envoy`` subclasses; ``LanguageModel`` is not an ``NNsight`` subclass)."""
 
     def recognises(self, obj: Any) -> bool:
         import sys
 
         if "nnsight" not in sys.modules:
             return False
-        from nnsight import NNsight
+        from nnsight import Envoy, NNsight
 
-        return isinstance(obj, NNsight)
+        return isinstance(obj, (NNsight, Envoy))
 
     def wrap(self, obj: Any, tokenizer: Any = None, **kwargs: Any) -> Model:
-        if tokenizer is None and getattr(obj, "tokenizer", None) is None:
-            raise InputError("this nnsight model has no tokenizer; pass tokenizer=...")
-        return NNsightModel(obj, tokenizer, **kwargs)
+        """Wrap an nnsight model; a model loaded lazily (meta weights) is dispatched first."""
+        from conceptkit.backends.conventions import check_conventions, find_tokenizer
+
+        if getattr(obj, "dispatched", True) is False and callable(getattr(obj, "dispatch", None)):
+            obj.dispatch()
+        hf_model = obj._module
+        what = f"nnsight {type(obj).__name__}"
+        tok = find_tokenizer(tokenizer, getattr(obj, "tokenizer", None), hf_model, what)
+        check_conventions(tok, hf_model, what)
+        return NNsightModel(obj, tok, **kwargs)

@@ -115,12 +115,33 @@ class TransformerLensModel(Model):
         return list(self._map)
 
     def raw_sites(self) -> list[str]:
-        return list(self._hook_dict)
+        """The bridge's hook names, then the HF module paths of the model it wraps."""
+        if self.hf is None:
+            return list(self._hook_dict)
+        # HF names: the bridge nests each original module under "_original_component"
+        names = (n.replace("._original_component", "").removesuffix("_original_component").rstrip(".") for n, _ in self.hf.named_modules())
+        hf_paths = [n for n in dict.fromkeys(names) if n and "hook_" not in n.rsplit(".", 1)[-1]]
+        return list(self._hook_dict) + hf_paths
+
+    def _hf_module(self, site: str) -> torch.nn.Module | None:
+        """The module of the wrapped HF model that a raw path names (``model.layers.3.mlp``,
+        with ``:input`` / ``:output``), as on the HF and nnsight backends; None if it names none."""
+        path, _, io = site.partition(":")
+        if self.hf is None or not path or io not in ("", "input", "output") or site in self._hook_dict:
+            return None
+        try:
+            return self.hf.get_submodule(path)
+        except AttributeError:
+            return None
 
     def _is_raw_site(self, site: str) -> bool:
-        return site in self._hook_dict
+        return site in self._hook_dict or self._hf_module(site) is not None
 
     def _attach(self, site: str, fn: SiteFn) -> Handle:
+        if site not in self._map and site not in self._hook_dict:
+            from conceptkit.backends import module_hooks
+
+            return module_hooks.attach(self._hf_module(site), site.partition(":")[2] or "output", fn)  # type: ignore[arg-type]
         hook_point = self._hook_dict[self._map.get(site, site)]
 
         def tl_hook(act: torch.Tensor, hook: Any) -> torch.Tensor | None:
@@ -234,22 +255,36 @@ class TransformerLensModel(Model):
 
 
 class TransformerLensBackend:
-    """Recognises ``HookedRootModule`` objects (TransformerBridge, HookedTransformer)."""
+    """Recognises TransformerLens 4 ``TransformerBridge`` objects, and TransformerLens 3
+    ``HookedTransformer`` (any ``HookedRootModule``) where that version is installed."""
 
     def recognises(self, obj: Any) -> bool:
         import sys
 
         if "transformer_lens" not in sys.modules:
             return False
-        try:
+        try:  # TransformerLens 4
+            from transformer_lens.model_bridge import TransformerBridge
+
+            if isinstance(obj, TransformerBridge):
+                return True
+        except ImportError:
+            pass
+        try:  # TransformerLens 3 (4 has no HookedRootModule, and its import raises)
             from transformer_lens.hook_points import HookedRootModule
         except ImportError:
             return False
-        if isinstance(obj, HookedRootModule):
-            return True
-        from transformer_lens.model_bridge import TransformerBridge
-
-        return isinstance(obj, TransformerBridge)
+        return isinstance(obj, HookedRootModule)
 
     def wrap(self, obj: Any, tokenizer: Any = None, **kwargs: Any) -> Model:
-        return TransformerLensModel(obj, tokenizer, **kwargs)
+        """Wrap a bridge / HookedTransformer. Its own tokenizer is used unless one is given; where
+        it tokenises differently from the checkpoint's own tokenizer (the bridge prepends BOS),
+        a ConventionWarning says so, since ``load_model`` uses the checkpoint's."""
+        from conceptkit.backends.conventions import check_conventions, find_tokenizer
+
+        hf_model = getattr(obj, "original_model", None)
+        what = f"TransformerLens {type(obj).__name__}"
+        tok = find_tokenizer(tokenizer, getattr(obj, "tokenizer", None), hf_model, what)
+        if hf_model is not None:
+            check_conventions(tok, hf_model, what)
+        return TransformerLensModel(obj, tok, **kwargs)
