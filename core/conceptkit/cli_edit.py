@@ -79,11 +79,11 @@ def rm(store_path: str | None, record_id: str) -> None:
 @store_option
 @click.argument("record_id")
 @click.option("--model", "model_name", help="Named model, local path or HF id (default: the record's model).")
-@click.option("--backend", default="transformer_lens", show_default=True)
+@click.option("--backend", default=None, help="transformer_lens | nnsight | transformers | diffusers (default: the record's).")
 @click.option("--text", "texts", multiple=True, help="Texts to compare (default: a few generic sentences).")
 @click.option("--max-new-tokens", default=8, show_default=True)
 @click.option("--no-check-hash", is_flag=True, help="Apply even if the model's weights differ from the edit's base.")
-def apply(store_path: str | None, record_id: str, model_name: str | None, backend: str, texts: tuple[str, ...],
+def apply(store_path: str | None, record_id: str, model_name: str | None, backend: str | None, texts: tuple[str, ...],
           max_new_tokens: int, no_check_hash: bool) -> None:
     """Apply a stored edit to a model: bits per byte and greedy continuations, without and with it."""
     from conceptkit.edits import from_record
@@ -92,6 +92,7 @@ def apply(store_path: str | None, record_id: str, model_name: str | None, backen
     record, tensors = _open(store_path).load(record_id)
     loaded = from_record(record, tensors)
     name = model_name or (record.model or {}).get("name") or "smollm2-135m"
+    backend = backend or (record.model or {}).get("backend") or "transformer_lens"
     model = load_model(name, backend=backend)
     label = f"{record.concept!r} {record.kind} {record.short_id}"
     if getattr(model, "is_encoder", False) or not hasattr(model, "nll") or "generation" not in {c.value for c in model.capabilities}:

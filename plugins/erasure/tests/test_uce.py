@@ -112,6 +112,20 @@ def test_edit_is_storable_and_reapplied_from_the_store(unet, ck_store):
     assert all(torch.equal(m.weight, old[s]) for s, m in unet.cross_attention_projections().items())
 
 
+def test_edit_command_applies_a_stored_uce_edit(unet, ck_store, capsys):
+    """`conceptkit edit apply|show RECORD` serve a UCE record on the record's own model and backend."""
+    from conceptkit.cli import main
+    from conceptkit_erasure.uce import uce_draft, uce_edits
+
+    edits = uce_edits(unet, embeddings(1, seed=9), embeddings(1, seed=10))
+    record = ck_store.put(uce_draft(edits, "cli concept", unet))
+    main(["edit", "show", record.id[:10], "--store", str(ck_store.root)])
+    assert "dense" in capsys.readouterr().out
+    main(["edit", "apply", record.id[:10], "--store", str(ck_store.root)])
+    out = capsys.readouterr().out
+    assert "applied to tiny-unet (diffusers)" in out and "to_k.weight" in out
+
+
 def test_uce_edit_on_other_weights_is_refused(unet):
     """A UCE edit computed on other weights is refused by hash, and nothing changes."""
     from conceptkit_erasure.uce import uce_edits
