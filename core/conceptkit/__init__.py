@@ -58,7 +58,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from conceptkit.handles import Handle, HandleGroup
     from conceptkit.interventions import Add, Affine, Intervention, ProjectOut, Replace, Scale
     from conceptkit.models import load_model
-    from conceptkit.objectives import LogitDiff, NextTokenLoss, TokenLogit, as_objective, token_id
+    from conceptkit.objectives import (
+        InnerSiteFunctional,
+        LogitDiff,
+        LogitFunctional,
+        NextTokenLoss,
+        Objective,
+        TokenLogit,
+        as_objective,
+        token_id,
+    )
     from conceptkit.plugin_manager import method, methods, plugin_failures, plugins, registered_plugin
     from conceptkit.sae.base import SAE
     from conceptkit.sae.builtin import load_sae

@@ -77,6 +77,9 @@ _GROUPS: dict[str, dict[str, str]] = {
         "TokenLogit": "conceptkit.objectives",
         "LogitDiff": "conceptkit.objectives",
         "NextTokenLoss": "conceptkit.objectives",
+        "Objective": "conceptkit.objectives",
+        "LogitFunctional": "conceptkit.objectives",
+        "InnerSiteFunctional": "conceptkit.objectives",
         "as_objective": "conceptkit.objectives",
         "token_id": "conceptkit.objectives",
     },
@@ -113,6 +116,9 @@ _GROUPS: dict[str, dict[str, str]] = {
     # Parts of the core being built now (issue 9); each appears once its module lands.
     "components": {
         "components": "conceptkit.components:",
+        "virtual_sites": "conceptkit.virtual_sites:",
+        "VirtualSiteProvider": "conceptkit.virtual_sites",
+        "VirtualSiteSpec": "conceptkit.virtual_sites",
     },
     "plans and generation": {
         "plans": "conceptkit.plans:",
@@ -120,14 +126,18 @@ _GROUPS: dict[str, dict[str, str]] = {
         "Read": "conceptkit.plans",
         "GradRequest": "conceptkit.plans",
         "PlanOutput": "conceptkit.plans",
+        "LocalExecutor": "conceptkit.plans",
         "generation": "conceptkit.generation:",
         "GenerationPolicy": "conceptkit.generation",
         "StepState": "conceptkit.generation",
+        "StepRecord": "conceptkit.generation",
+        "RowScoped": "conceptkit.generation",
         "Generation": "conceptkit.generation",
     },
     "sparse autoencoders": {
         "sae": "conceptkit.sae:",
         "SAE": "conceptkit.sae.base",
+        "attach_sae": "conceptkit.sae.attach",
         "SAEFeatures": "conceptkit.sae.interventions",
         "load_sae": "conceptkit.sae.builtin",
     },
