@@ -312,3 +312,32 @@ def test_generation_scope_new_leaves_the_prompt_unsteered(models):
     prompt_only = Reader()
     model.generate(PROMPTS, [add], max_new_tokens=3, policy=prompt_only, positions="prompt")
     assert not torch.equal(prompt_only.seen[0], plain.seen[0])
+
+
+def test_the_plugin_author_guide_policy_example_runs(capsys):
+    """The policy example in docs/plugin-authors.md runs as written and steers only after its token."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "plugin-authors.md").read_text()
+    section = text.split("## 7. Generation policies", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "plugin-authors.md", "exec"), namespace)
+    out, policy = namespace["out"], namespace["policy"]
+    assert len(out) == 2 and len(out.steps) == 8 and len(policy.norms) == 8
+    assert [len(r.applied) for r in out.steps][:2] == [0, 0] and len(out.steps[-1].applied) == 1
+    assert "[" in capsys.readouterr().out
+
+
+def test_interventions_on_attention_patterns_follow_query_rows(models):
+    """An intervention at attn.hook_pattern acts on query rows, the same with and without the cache."""
+    model = models("tiny-llama", "transformer_lens")
+    site = "blocks.0.attn.hook_pattern"
+    assert site in model.sites()
+    scale = iv.Scale(site=site, factor=0.2, positions="last")
+    a = model.generate(PROMPTS, [scale], max_new_tokens=5)
+    b = model.generate(PROMPTS, [scale], max_new_tokens=5, use_cache=False)
+    assert [t.tolist() for t in a.token_ids] == [t.tolist() for t in b.token_ids]
+    reader = type("R", (GenerationPolicy,), {"reads": [site]})()
+    steps = model.generate(PROMPTS[:2], max_new_tokens=2, policy=reader, return_steps=True).steps
+    assert steps[0].reads[site].shape[:2] == (2, 4) and steps[1].reads[site].shape[:2] == (2, 4)

@@ -56,6 +56,7 @@ import torch
 from conceptkit import interventions as iv
 from conceptkit.errors import InputError
 from conceptkit.handles import HandleGroup
+from conceptkit.sites import is_pattern_site
 
 if TYPE_CHECKING:
     from conceptkit.backends.base import Model
@@ -366,11 +367,15 @@ class _BatchRun:
         self.by_site[site] = []
         items = self.by_site[site]
 
+        pattern = is_pattern_site(site)
+
         def hook(x: torch.Tensor) -> torch.Tensor | None:
-            out = x
+            if not items:
+                return None
+            out = x.transpose(1, 2) if pattern else x  # [B, H, Tq, Tk]: rows are queries
             for item in items:
-                out = item.intervention.apply(out, self._rows(item, x))
-            return out if items else None
+                out = item.intervention.apply(out, self._rows(item, out))
+            return out.transpose(1, 2) if pattern else out
 
         self.group.add(self.model.add_hook(site, hook))
 
@@ -454,6 +459,13 @@ class _BatchRun:
         return logits[:, -1, :].float(), past
 
 
+def _newest(site: str, t: torch.Tensor, chunk: torch.Size) -> torch.Tensor:
+    """A read at each row's newest token (the chunk's last column; a pattern's last query)."""
+    if is_pattern_site(site):
+        return t[:, :, -1]
+    return t[:, -1] if t.dim() >= 2 and tuple(t.shape[:2]) == tuple(chunk) else t
+
+
 def _cache_length(past: Any) -> int | None:
     fn = getattr(past, "get_seq_length", None)
     return int(fn()) if callable(fn) else None
@@ -500,7 +512,7 @@ def _generate_batch(run: _BatchRun, sampler: _Sampler, max_new_tokens: int, eos:
         nxt = sampler(logits).cpu()
         if eos_t is not None:
             nxt = torch.where(finished, torch.full_like(nxt, filler), nxt)
-        reads = {s: t[:, -1] for s, t in run.captured.items()}
+        reads = {s: _newest(s, t, run.chunk_mask.shape) for s, t in run.captured.items()}
         decision: list[RowScoped] = []
         if policy is not None:
             state = StepState(
