@@ -201,3 +201,22 @@ def test_edit_command_shows_applies_and_removes(ck_store, capsys):
     with pytest.raises(SystemExit):
         main(["edit", "rm", vector.id, "--store", root])
     assert "no edit kind" not in capsys.readouterr().out and len(ck_store) == 1
+
+
+def _doc_block(name: str, heading: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / name).read_text()
+    return text.split(heading, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_plugin_author_guide_weight_edit_example_runs(capsys):
+    """The weight-edit example in docs/plugin-authors.md runs as written (its asserts included)."""
+    exec(compile(_doc_block("plugin-authors.md", "## 10. Weight edits"), "plugin-authors.md", "exec", dont_inherit=True), {})
+    assert capsys.readouterr().out.strip() == "weight_edit True"
+
+
+def test_the_plugin_hooks_weight_edit_kind_example_runs(capsys):
+    """The weight-edit kind example in docs/plugin-hooks.md runs as written: a plugin kind applied and undone."""
+    exec(compile(_doc_block("plugin-hooks.md", "### Weight-edit kinds"), "plugin-hooks.md", "exec", dont_inherit=True), {})
+    assert capsys.readouterr().out.strip() == "True True"
