@@ -1,9 +1,9 @@
 """A model's weights as the functions ObsProp needs: norms, OV circuits, MLPs, the unembedding.
 
 Everything is read through ``model.weights`` (TL layout, HF parameters underneath, so the same
-numbers on every backend). The norm kind, its epsilon and the MLP activation come from the core
-(``weights.norm_kind`` / ``norm_eps``) where it offers them, else from the HF config; that is the
-one place this plugin reaches below the public surface.
+numbers on every backend), the norm kind and epsilon included (``weights.norm_kind`` /
+``norm_eps``). The MLP activation is the one thing the core does not expose yet: it comes from
+the HF config, the one place this plugin reaches below the public surface.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 from conceptkit_obsprop import pullback as pb
 
 
@@ -100,7 +100,7 @@ class Circuit:
     def beta(self, which: str, layer: int | None = None) -> torch.Tensor | None:
         key = ("beta", which, layer)
         if key not in self._cache:
-            bias = getattr(self.w.module(which, layer), "bias", None)
+            bias = getattr(self.w.module(which, layer), "bias", None) if self.norm_kind == "layernorm" else None
             self._cache[key] = None if bias is None else bias.detach().to(self.dtype).clone()  # type: ignore[assignment]
         return self._cache[key]
 

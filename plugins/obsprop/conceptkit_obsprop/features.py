@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 from conceptkit_obsprop import pullback as pb
 from conceptkit_obsprop.circuit import Circuit
 from conceptkit_obsprop.config import Node

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import conceptkit as ck
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 from conceptkit_obsprop.config import Node, ObsPropConfig
 
 if TYPE_CHECKING:  # torch loads when the method runs, not when plugins are listed

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 from conceptkit_obsprop.config import Observable
 
 
@@ -54,18 +54,7 @@ def observable_vector(obs: Observable, tokenizer: Any, vocab_size: int, dtype: t
 
 
 def as_objective(n: torch.Tensor) -> Any:
-    """The observable ``n · logits[last]`` as an objective for ``model.grad``.
+    """The observable ``n · logits[last]`` as the core's ``LogitFunctional`` objective (for ``model.grad``)."""
+    from conceptkit.objectives import LogitFunctional
 
-    Uses the core's ``LogitFunctional`` when it exists (contract), else a plain callable.
-    """
-    try:  # TODO(public-surface): LogitFunctional is being added to conceptkit.objectives
-        from conceptkit.objectives import LogitFunctional  # type: ignore[attr-defined]
-
-        return LogitFunctional(weights=n)
-    except (ImportError, Exception):  # noqa: BLE001 - absent or a different signature: fall back
-        from conceptkit.objectives import _last  # TODO(public-surface)
-
-        def fn(out: torch.Tensor, batch: Any) -> torch.Tensor:
-            return _last(out, batch).float() @ n.to(out.device, torch.float32)
-
-        return fn
+    return LogitFunctional(weights=n)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 from conceptkit_obsprop.circuit import Circuit
 from conceptkit_obsprop.config import Node
 from conceptkit_obsprop.trace import Trace

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 
 NormKind = str  # "layernorm" | "rmsnorm"
 

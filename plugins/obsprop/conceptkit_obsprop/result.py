@@ -8,8 +8,7 @@ from typing import Any
 import pydantic
 
 import conceptkit as ck
-from conceptkit.plugin_manager import dist_version  # TODO(public-surface)
-from conceptkit.store.record import MethodInfo, RecordDraft  # TODO(public-surface): MethodInfo
+from conceptkit.api import RecordDraft
 
 
 class FeatureRow(pydantic.BaseModel):
@@ -107,8 +106,6 @@ class ObsPropResult(ck.Result):
                     concept=f"obsprop: {f.observable}",
                     description=f"ObsProp feature of {f.observable!r} along {f.path} (score at {f.site}, token {f.token})",
                     kind="vector",
-                    method=MethodInfo(name="obsprop", plugin="obsprop", distribution="conceptkit-obsprop",
-                                      version=dist_version("conceptkit-obsprop"), config=self.config),
                     model=self.model_ref,
                     site=f.site,
                     reduction=[f.token],

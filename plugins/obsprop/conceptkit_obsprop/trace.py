@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 
 
 class _Stop(Exception):

@@ -254,3 +254,17 @@ def test_results_are_stored_with_provenance_and_score_like_captures(ck_store, tm
     at = score_at(m, [feat], texts, -1)
     last = m.capture(texts, [feat.site], reduce="last")[feat.site]
     assert torch.allclose(at[:, 0], last @ feat.y, atol=1e-5)
+
+
+def test_exact_final_norm_pullback_is_the_gradient_of_the_core_logit_functional():
+    """Pulling W_U n back through the final norm exactly equals model.grad of the core's LogitFunctional
+    (the observable as an objective) at the final residual, on both backends."""
+    from conceptkit_obsprop.observables import as_objective
+
+    for backend in ("nnsight", "transformer_lens"):
+        m = model("tiny-llama", backend)
+        c = Circuit(m)
+        n = _n(m)
+        x = trace(m, POS, with_pattern=False).final_in[-1]
+        g = m.grad([POS], f"blocks.{c.n_layers - 1}.hook_resid_post", as_objective(n))[0]
+        assert torch.allclose(c.pull_norm("ln_final", None, c.W_U @ n, x, "exact"), g, atol=1e-5, rtol=1e-4), backend
