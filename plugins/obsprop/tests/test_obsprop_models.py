@@ -268,3 +268,13 @@ def test_exact_final_norm_pullback_is_the_gradient_of_the_core_logit_functional(
         x = trace(m, POS, with_pattern=False).final_in[-1]
         g = m.grad([POS], f"blocks.{c.n_layers - 1}.hook_resid_post", as_objective(n))[0]
         assert torch.allclose(c.pull_norm("ln_final", None, c.W_U @ n, x, "exact"), g, atol=1e-5, rtol=1e-4), backend
+
+
+def test_example_config_validates():
+    """docs/examples/obsprop.yaml validates against the method's Config schema."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[3] / "docs" / "examples" / "obsprop.yaml"
+    ck.api.validate_config(ck.method("obsprop").Config, yaml.safe_load(path.read_text()), "obsprop")
