@@ -177,9 +177,9 @@ class RunGroup(click.Group):
 
         items = list_methods()
         if name not in items:
-            from conceptkit.errors import UnknownNameError
+            from conceptkit.plugin_manager import method_class
 
-            raise UnknownNameError("method", name, items)
+            method_class(name)  # raises: unknown (with suggestions), or claimed by several distributions
         return _make_run_command(name, items[name])
 
 

@@ -54,6 +54,8 @@ class PluginFailure:
 
     def __str__(self) -> str:
         dist = f" (distribution {self.distribution})" if self.distribution else ""
+        if self.stage in ("conflict", "slow-import"):  # reports, not failures: the plugin is loaded
+            return f"plugin {self.plugin!r}{dist}: {self.reason}"
         return f"plugin {self.plugin!r}{dist} failed during {self.stage}: {self.reason}"
 
 
@@ -388,6 +390,11 @@ def _lookup(name: str, plugin: str | None = None) -> tuple[type, str]:
     if name in reg.ambiguous:
         raise PluginError(_ambiguity(reg, name))
     raise UnknownNameError("method", name, list(reg.methods) + list(reg.ambiguous))
+
+
+def method_class(name: str, plugin: str | None = None) -> type:
+    """The class of the method registered as ``name`` (``plugin`` as in :func:`method`)."""
+    return _lookup(name, plugin)[0]
 
 
 def method(name: str, plugin: str | None = None) -> Any:

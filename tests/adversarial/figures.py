@@ -1,8 +1,8 @@
 """Print the issue-10 figures table from the adversarial tests.
 
-    python -m tests.adversarial.figures [pytest args...]
+    python -m tests.adversarial.figures [pytest args or test files...]
 
-Runs ``tests/adversarial`` with ``CONCEPTKIT_FIGURES`` set, then aggregates the tallies by area.
+Runs ``tests/adversarial`` (or the files given) with ``CONCEPTKIT_FIGURES`` set, then aggregates the tallies by area.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "figures.jsonl"
         env = dict(os.environ, **{FIGURES_ENV: str(out)})
-        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests" / "adversarial"), *argv], env=env, cwd=root)
+        targets = [] if any(not a.startswith("-") for a in argv) else [str(root / "tests" / "adversarial")]
+        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *targets, *argv], env=env, cwd=root)
         rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in rows:

@@ -207,3 +207,14 @@ def test_reading_a_record_loads_no_plugin(fake_distribution, ck_store):
     assert ck_store.get(rec.id).id == rec.id  # installed: no warning, and no import
     assert "ck_marker" not in sys.modules
     tally(AREA, "store get does not load plugins")
+
+
+def test_cli_run_of_an_ambiguous_method_names_both_distributions(fake_distribution, capsys):
+    """`conceptkit run NAME` for a name two distributions claim says so, naming both (not 'unknown')."""
+    fake_distribution("conceptkit-tcav-real", "ck_real_tcav", REAL, entry_name="tcavx")
+    fake_distribution("aaa-impostor", "ck_aaa_impostor", IMPOSTOR, entry_name="aaa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, _, err = _cli(capsys, "run", "tcavx", "--no-store")
+    assert code == 1 and "aaa-impostor" in err and "conceptkit-tcav-real" in err and "CONCEPTKIT_METHOD_PLUGINS" in err
+    tally(AREA, "conceptkit run of an ambiguous method")
