@@ -91,6 +91,7 @@ class Erasure(ck.ArtifactMethod):
             concept=config.concept or (config.token_property if config.labels is None else "concept"),
             n_train_tokens=len(train_z), n_test_tokens=len(test_z), positive_fraction=float((test_z > 0).double().mean()),
         )
+        result.add_input("texts", texts, model)  # provenance: the token ids the erasers were fitted and tested on
         erase = scrubber.interventions()
         for start in range(0, len(sites), 12):  # a dozen sites at a time keeps memory bounded
             chunk = sites[start : start + 12]
