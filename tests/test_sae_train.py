@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from conceptkit.sae.train import TopKTrainer, TrainConfig, _gather_linear
+from conceptkit.sae.train import TopKTrainer, TrainConfig, sparse_code
 
 
 def planted(n: int, d: int = 32, m: int = 64, active: int = 3, seed: int = 0) -> torch.Tensor:
@@ -50,19 +50,23 @@ def test_seeded_and_resumes_exactly(tmp_path) -> None:
 
 
 def test_sparse_backward_matches_dense() -> None:
-    """The gather-linear backward equals autograd through the dense product."""
+    """The sparse encode-decode backward equals autograd through the dense computation."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 8, generator=g, requires_grad=True)
-    W = torch.randn(8, 20, generator=g, requires_grad=True)
+    W = torch.randn(20, 8, generator=g, requires_grad=True)
     b = torch.randn(20, generator=g, requires_grad=True)
-    idx = torch.randint(0, 20, (5, 3), generator=g)
-    pre = (x @ W + b).detach()
-    _gather_linear(x, W, b, pre, idx).pow(2).sum().backward()
-    grads = [t.grad.clone() for t in (x, W, b)]
-    for t in (x, W, b):
+    D = torch.randn(20, 8, generator=g, requires_grad=True)
+    idx = torch.stack([torch.randperm(20, generator=g)[:3] for _ in range(5)])
+    pre = (x @ W.T + b).detach()
+    target = torch.randn(5, 8, generator=g)
+    (sparse_code(x, W, b, D, idx, pre) - target).pow(2).sum().backward()
+    grads = [t.grad.clone() for t in (x, W, b, D)]
+    for t in (x, W, b, D):
         t.grad = None
-    (x @ W + b).gather(1, idx).pow(2).sum().backward()
-    for got, want in zip(grads, (x.grad, W.grad, b.grad)):
+    h = (x @ W.T + b).gather(1, idx)
+    dense = torch.zeros(5, 20).scatter(1, idx, torch.relu(h))
+    (dense @ D - target).pow(2).sum().backward()
+    for got, want in zip(grads, (x.grad, W.grad, b.grad, D.grad)):
         torch.testing.assert_close(got, want)
 
 
@@ -73,11 +77,11 @@ def test_auxk_trains_only_dead_latents_that_topk_ignores() -> None:
     for alpha, dead in ((0.0, True), (1 / 32, False), (1 / 32, True)):
         t = TopKTrainer(32, TrainConfig(**{**CFG, "auxk_alpha": alpha, "lr_warmup_steps": 0}))
         with torch.no_grad():
-            t.W_enc[:, 7] = 0.0
+            t.W_encT[7] = 0.0
             t.b_enc[7] = 1e-3  # latent 7 is weakly positive everywhere, never in the top k
         if dead:
             t.since_fired[7] = 10**9
-        before = t.W_enc[:, 7].detach().clone(), t.W_dec[7].detach().clone()
+        before = t.W_encT[7].detach().clone(), t.W_dec[7].detach().clone()
         t.train_step(x)
-        changed[(alpha, dead)] = not torch.allclose(before[0], t.W_enc[:, 7], atol=1e-6) or not torch.allclose(before[1], t.W_dec[7], atol=1e-6)
+        changed[(alpha, dead)] = not torch.allclose(before[0], t.W_encT[7], atol=1e-6) or not torch.allclose(before[1], t.W_dec[7], atol=1e-6)
     assert changed == {(0.0, True): False, (1 / 32, False): False, (1 / 32, True): True}, changed

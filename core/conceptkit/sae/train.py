@@ -8,9 +8,9 @@ initially, loss = FVU (squared error over the batch's total variance) + ``auxk_a
 AuxK loss: the ``d_in // 2`` most active *dead* latents (not fired for ``dead_tokens`` tokens)
 reconstruct the residual of the live ones. Adam with a linear warm-up.
 
-Only the ``k`` chosen latents of each row get gradients, so the backward pass is sparse (an
-``index_add`` and an ``embedding_bag``): the dense encoder product in the forward pass is the
-only ``d_sae``-wide cost. Everything random is drawn from generators seeded by ``seed``, so the
+Only the ``k`` chosen latents of each row get gradients, so the backward pass is sparse (sparse-dense
+products and one ``embedding_bag``); the dense encoder product and one dense product for the
+chosen latents' gradients are the only ``d_sae``-wide costs. Everything random is drawn from generators seeded by ``seed``, so the
 same stream and config give bit-identical weights, and a run resumed from a checkpoint equals
 the run that was never interrupted.
 """
@@ -53,35 +53,48 @@ class TrainConfig(pydantic.BaseModel):
         return self.lr if self.lr is not None else self.lr_scale * 2e-4 / math.sqrt(self.d_sae / 2**14)
 
 
-class _GatherLinear(torch.autograd.Function):
-    """``((x @ W) + b)[rows, idx]`` given precomputed values, with a sparse backward."""
+def _by_latent(idx: torch.Tensor, values: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """The sparse ``[n_latents, B]`` matrix with ``values[b, j]`` at ``(idx[b, j], b)``."""
+    rows = idx.reshape(-1)
+    cols = torch.arange(idx.shape[0]).repeat_interleave(idx.shape[1])
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values.reshape(-1), (n_latents, idx.shape[0]),
+                                   check_invariants=False)
+
+
+class _SparseCode(torch.autograd.Function):
+    """``sum_j relu(h[b, idx_j]) W_dec[idx_j]`` for pre-activations ``h = xc @ W_enc + b_enc``
+    gathered at ``idx`` (computed without grad), with a backward that touches only those latents.
+
+    On CPU the generic paths are slow (``embedding_bag``'s weight gradient, ``index_add`` of
+    ``[B, k, d]`` products); here the weight gradients are sparse-dense products and the
+    gradient of the input is one ``embedding_bag`` over the row-major encoder.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, W, idx)
-        return values
+    def forward(ctx: Any, xc: torch.Tensor, W_encT: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor,
+                idx: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(h)
+        ctx.save_for_backward(xc, W_encT, W_dec, idx, a)
+        return torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=a, mode="sum")
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        x, W, idx = ctx.saved_tensors
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.functional.embedding_bag(idx, W.T, per_sample_weights=grad, mode="sum")
-        if ctx.needs_input_grad[1]:
-            # grad_W[:, j] = sum over (row, slot) picking j of grad * x[row]
-            contrib = (grad.unsqueeze(2) * x.unsqueeze(1)).reshape(-1, x.shape[1])
-            grad_W = torch.zeros(W.shape[1], W.shape[0], dtype=W.dtype).index_add_(0, idx.reshape(-1), contrib).T
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W.shape[1], dtype=grad.dtype).index_add_(0, idx.reshape(-1), grad.reshape(-1))
-        return grad_x, grad_W, grad_b, None, None
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        xc, W_encT, W_dec, idx, a = ctx.saved_tensors
+        n_latents = W_dec.shape[0]
+        grad_a = (grad_out @ W_dec.T).gather(1, idx)
+        grad_h = grad_a * (a > 0).to(grad_a.dtype)
+        grad_W_dec = torch.sparse.mm(_by_latent(idx, a, n_latents), grad_out) if ctx.needs_input_grad[3] else None
+        grad_W_encT = torch.sparse.mm(_by_latent(idx, grad_h, n_latents), xc) if ctx.needs_input_grad[1] else None
+        grad_b = torch.zeros(n_latents, dtype=grad_h.dtype).index_add_(0, idx.reshape(-1), grad_h.reshape(-1)) if ctx.needs_input_grad[2] else None
+        grad_x = torch.nn.functional.embedding_bag(idx, W_encT, per_sample_weights=grad_h, mode="sum") if ctx.needs_input_grad[0] else None
+        return grad_x, grad_W_encT, grad_b, grad_W_dec, None, None
 
 
-def _gather_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, pre: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return _GatherLinear.apply(x, W, b, idx, pre.gather(1, idx))  # type: ignore[no-any-return]
-
-
-def _decode_sparse(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+def sparse_code(xc: torch.Tensor, W_encT: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, idx: torch.Tensor,
+                pre: torch.Tensor) -> torch.Tensor:
+    """Decoded contribution of the latents ``idx`` (see :class:`_SparseCode`); ``pre`` is the dense
+    pre-activation ``xc @ W_encT.T + b_enc`` computed without grad."""
+    return _SparseCode.apply(xc, W_encT, b_enc, W_dec, idx, pre.gather(1, idx))  # type: ignore[no-any-return]
 
 
 class TopKTrainer:
@@ -99,13 +112,14 @@ class TopKTrainer:
         self.d_in = d_in
         g = torch.Generator().manual_seed(cfg.seed)
         bound = 1 / math.sqrt(d_in)  # nn.Linear's default init, as in sparsify
-        W_enc = (torch.rand(d_in, cfg.d_sae, generator=g) * 2 - 1) * bound
-        self.W_enc = W_enc.requires_grad_(True)
+        # the encoder is kept row-major, [d_sae, d_in] (nn.Linear's layout): its rows are gathered
+        W_encT = (torch.rand(cfg.d_sae, d_in, generator=g) * 2 - 1) * bound
+        self.W_encT = W_encT.requires_grad_(True)
         self.b_enc = torch.zeros(cfg.d_sae, requires_grad=True)
-        W_dec = W_enc.detach().T.clone()
+        W_dec = W_encT.detach().clone()
         self.W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)).requires_grad_(True)
         self.b_dec = torch.zeros(d_in, requires_grad=True)
-        self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+        self.params = [self.W_encT, self.b_enc, self.W_dec, self.b_dec]
         self.opt = torch.optim.Adam(self.params, lr=cfg.learning_rate(), betas=(0.9, 0.999), eps=6.25e-10)
         self.step = 0
         self.rows_seen = 0
@@ -127,10 +141,9 @@ class TopKTrainer:
             group["lr"] = self._lr()
         xc = x - self.b_dec
         with torch.no_grad():
-            pre = torch.addmm(self.b_enc, xc, self.W_enc)
+            pre = torch.addmm(self.b_enc, xc, self.W_encT.T)
             top = pre.topk(cfg.k, dim=1, sorted=False)
-        vals = torch.relu(_gather_linear(xc, self.W_enc, self.b_enc, pre, top.indices))
-        recons = _decode_sparse(top.indices, vals, self.W_dec) + self.b_dec
+        recons = sparse_code(xc, self.W_encT, self.b_enc, self.W_dec, top.indices, pre) + self.b_dec
         err = x - recons
         total_var = (x - x.mean(0)).pow(2).sum()
         fvu = err.pow(2).sum() / total_var
@@ -143,8 +156,7 @@ class TopKTrainer:
             scale = min(n_dead / (self.d_in // 2), 1.0)
             with torch.no_grad():
                 aux_idx = torch.where(dead, pre, torch.tensor(-torch.inf)).topk(k_aux, dim=1, sorted=False).indices
-            aux_vals = torch.relu(_gather_linear(xc, self.W_enc, self.b_enc, pre, aux_idx))
-            e_hat = _decode_sparse(aux_idx, aux_vals, self.W_dec)
+            e_hat = sparse_code(xc, self.W_encT, self.b_enc, self.W_dec, aux_idx, pre)
             aux = scale * (e_hat - err.detach()).pow(2).sum() / total_var
             loss = loss + cfg.auxk_alpha * aux
         self.opt.zero_grad(set_to_none=True)
@@ -155,7 +167,7 @@ class TopKTrainer:
             self.opt.step()
             W /= W.norm(dim=1, keepdim=True).clamp_min(1e-12)
             fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
-            fired[top.indices[vals.detach() > 0]] = True
+            fired[top.indices[top.values > 0]] = True
             self.since_fired += x.shape[0]
             self.since_fired[fired] = 0
         self.step += 1
@@ -230,7 +242,7 @@ class TopKTrainer:
     def sae(self, **kwargs: Any) -> SAE:
         """The current weights as an inference :class:`SAE` (TopK, SAELens conventions)."""
         return SAE(
-            self.W_enc.detach().clone(), self.b_enc.detach().clone(), self.W_dec.detach().clone(), self.b_dec.detach().clone(),
+            self.W_encT.detach().T.contiguous(), self.b_enc.detach().clone(), self.W_dec.detach().clone(), self.b_dec.detach().clone(),
             architecture="topk", k=self.config.k, **kwargs,
         )
 
@@ -238,7 +250,7 @@ class TopKTrainer:
     def save_checkpoint(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        names = ["W_enc", "b_enc", "W_dec", "b_dec"]
+        names = ["W_encT", "b_enc", "W_dec", "b_dec"]
         tensors = {f"param.{n}": p.detach().contiguous() for n, p in zip(names, self.params)}
         for n, p in zip(names, self.params):
             st = self.opt.state.get(p, {})
@@ -262,7 +274,7 @@ class TopKTrainer:
         meta = json.loads((folder / "trainer.json").read_text())
         trainer = cls(meta["d_in"], TrainConfig(**meta["config"]))
         tensors = load_file(str(folder / "checkpoint.safetensors"))
-        names = ["W_enc", "b_enc", "W_dec", "b_dec"]
+        names = ["W_encT", "b_enc", "W_dec", "b_dec"]
         with torch.no_grad():
             for n, p in zip(names, trainer.params):
                 p.copy_(tensors[f"param.{n}"])
