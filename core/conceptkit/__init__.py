@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from conceptkit.concepts import ConceptSet
     from conceptkit.contract import ArtifactMethod, Method, MethodConfig, Result, validate_config
     from conceptkit.data import Batch, PaddingSide, Reduce, fingerprint, reduce_tokens
-    from conceptkit.edits import WeightEdit, WeightEditHandle, WeightEditSet
+    from conceptkit.edits import WeightEdit, WeightEditHandle, WeightEditSet, parameter_hash
     from conceptkit.errors import (
         CapabilityError,
         ConceptkitError,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from conceptkit.handles import Handle, HandleGroup
     from conceptkit.interventions import Add, Affine, Intervention, ProjectOut, Replace, Scale
-    from conceptkit.models import load_model
+    from conceptkit.models import cache_dir, load_model
     from conceptkit.objectives import (
         InnerSiteFunctional,
         LogitDiff,
@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from conceptkit.sae.base import SAE
     from conceptkit.sae.builtin import load_sae
     from conceptkit.sae.interventions import SAEFeatures
-    from conceptkit.probes import CVResult, Probe, cross_validate, fit_probe, holdout_accuracy
+    from conceptkit.probes import CVResult, Probe, cross_validate, fit_probe, fit_probes, holdout_accuracy
     from conceptkit.provenance import input_fingerprint, method_info
     from conceptkit.sites import unknown_site
     from conceptkit.store import Store, open_store

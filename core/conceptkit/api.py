@@ -49,6 +49,7 @@ _GROUPS: dict[str, dict[str, str]] = {
         "wrap": "conceptkit.backends",
         "ConventionWarning": "conceptkit.backends.conventions",
         "load_model": "conceptkit.models",
+        "cache_dir": "conceptkit.models",
         "Handle": "conceptkit.handles",
         "HandleGroup": "conceptkit.handles",
         "Activations": "conceptkit.activations",
@@ -90,12 +91,14 @@ _GROUPS: dict[str, dict[str, str]] = {
         "holdout_accuracy": "conceptkit.probes",
         "cross_validate": "conceptkit.probes",
         "CVResult": "conceptkit.probes",
+        "fit_probes": "conceptkit.probes",
     },
     "weight edits": {
         "edits": "conceptkit.edits:",
         "WeightEdit": "conceptkit.edits",
         "WeightEditSet": "conceptkit.edits",
         "WeightEditHandle": "conceptkit.edits",
+        "parameter_hash": "conceptkit.edits",
     },
     "store": {
         "open_store": "conceptkit.store",

@@ -6,7 +6,6 @@ The whole plugin: a config, a result, a method, and one hook that registers the 
 from __future__ import annotations
 
 import conceptkit as ck
-from conceptkit.api import RecordDraft, fingerprint
 
 
 class DiffMeansConfig(ck.MethodConfig):
@@ -26,16 +25,16 @@ class DiffMeansResult(ck.Result):
     def summary(self) -> str:
         return f"{self.concept} @ {self.site}: |v|=1, separation {self.separation:.2f} over {len(self.vector)} dims"
 
-    def drafts(self) -> list[RecordDraft]:
-        import torch
+    def drafts(self) -> list[ck.RecordDraft]:
+        import torch  # here, not at import: listing plugins must stay fast
 
         return [
-            RecordDraft(
+            ck.RecordDraft(
                 tensors={"vector": torch.tensor(self.vector)},
                 concept=self.concept,
                 site=self.site,
                 reduction=self.config.get("reduce"),
-                examples_fingerprint=fingerprint(self.config["positive"] + self.config["negative"]),
+                examples_fingerprint=ck.fingerprint(self.config["positive"] + self.config["negative"]),
                 metrics={"separation": self.separation},
             )
         ]
