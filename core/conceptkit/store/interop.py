@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from conceptkit.errors import MissingDependencyError, StoreError
 from conceptkit.store.local import LocalStore
-from conceptkit.store.record import MethodInfo, Record, RecordDraft
+from conceptkit.store.record import Record
 
 _LAYER_RE = re.compile(r"^(?:blocks\.)?(\d+)(?:\.hook_resid_post)?$|^layer[._]?(\d+)$")
 
@@ -135,18 +135,11 @@ def write_saelens(folder: str | Path, tensors: dict[str, torch.Tensor], cfg: dic
 
 
 def import_saelens(store: LocalStore, folder: str | Path, concept: str | None = None, tags: list[str] | None = None) -> Record:
-    """Store a SAELens SAE as a dictionary record (kind ``sae``)."""
-    cfg, tensors = read_saelens(folder)
-    site = cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name")
-    model_name = cfg.get("model_name") or cfg.get("metadata", {}).get("model_name")
-    draft = RecordDraft(
-        tensors={k: tensors[k] for k in SAE_TENSORS},
-        concept=concept or f"SAE {Path(folder).name}",
-        description=f"SAE dictionary imported from {Path(folder).name}",
-        kind="sae",
-        method=MethodInfo(name="saelens-import", config={k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool, type(None)))}),
-        model={"name": model_name, "backend": "saelens"} if model_name else None,
-        site=site,
-        tags=tags or [],
-    )
+    """Store a SAELens SAE (any architecture ``conceptkit.sae`` reads) as a record of kind ``sae``."""
+    from conceptkit.sae.formats import read_saelens as read_sae
+    from conceptkit.sae.records import to_draft
+
+    sae = read_sae(folder)
+    draft = to_draft(sae, concept or f"SAE {Path(folder).name}", description=f"SAE dictionary imported from {Path(folder).name}",
+                     method="saelens-import", config={"source": Path(folder).name}, tags=tags)
     return store.put(draft)
