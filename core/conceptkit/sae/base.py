@@ -270,6 +270,13 @@ class SAE:
 
         return read_folder(folder, **overrides)
 
+    @classmethod
+    def from_record(cls, store: Any, record_id: str) -> "SAE":
+        """Load a stored SAE record (kind ``sae``)."""
+        from conceptkit.sae.records import from_record
+
+        return from_record(store, record_id)
+
     def save(self, folder: str, **extra_cfg: Any) -> Any:
         """Write a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``)."""
         from conceptkit.sae.formats import write_saelens
