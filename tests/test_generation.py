@@ -341,3 +341,42 @@ def test_interventions_on_attention_patterns_follow_query_rows(models):
     reader = type("R", (GenerationPolicy,), {"reads": [site]})()
     steps = model.generate(PROMPTS[:2], max_new_tokens=2, policy=reader, return_steps=True).steps
     assert steps[0].reads[site].shape[:2] == (2, 4) and steps[1].reads[site].shape[:2] == (2, 4)
+
+
+class _Digits:
+    """A tokenizer stand-in for the toy models of test_plans (ids are their own text)."""
+
+    eos_token_id = None
+    pad_token_id = 0
+    chat_template = None
+
+    def batch_decode(self, rows, skip_special_tokens=True):  # type: ignore[no-untyped-def]
+        return [" ".join(str(i) for i in row) for row in rows]
+
+
+def test_a_backend_that_only_executes_plans_generates_like_the_hook_engine():
+    """Generation through Model.execute (one plan per step) equals the hook engine on the same network."""
+    from tests.test_plans import HookedModel, Net, PlannedModel
+
+    net = Net()
+    hooked, planned = HookedModel(net, "hooked"), PlannedModel(net)
+    hooked.tokenizer = planned.tokenizer = _Digits()
+    ids = {"input_ids": torch.tensor([[0, 5, 7, 9], [0, 0, 3, 4]]), "attention_mask": torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])}
+    v = torch.randn(8, generator=torch.Generator().manual_seed(0)) * 3
+    fixed = [iv.Add(site="blocks.0.hook_resid_post", vector=v, positions="last")]
+
+    class Steer(GenerationPolicy):
+        reads = ["blocks.1.hook_resid_post"]
+        positions = "new"
+
+        def step(self, state):
+            first = torch.tensor([e == 0 for e in state.examples])  # plans run one prompt at a time
+            return [RowScoped(iv.Scale(site="blocks.1.hook_resid_post", factor=0.5), first)] if state.step >= 2 else []
+
+    a = hooked.generate(ids, fixed, max_new_tokens=6, policy=Steer(), return_steps=True, use_cache=False)
+    b = planned.generate(ids, fixed, max_new_tokens=6, policy=Steer(), return_steps=True)
+    assert [t.tolist() for t in a.token_ids] == [t.tolist() for t in b.token_ids] and list(a) == list(b)
+    assert len(planned.plans) == 12  # one plan per step and prompt
+    reads_a = torch.stack([r.reads["blocks.1.hook_resid_post"] for r in a.steps], 1)  # [prompt, step, d]
+    reads_b = torch.stack([r.reads["blocks.1.hook_resid_post"][0] for r in b.steps]).reshape(reads_a.shape)
+    assert (reads_a - reads_b).abs().max() <= 1e-5

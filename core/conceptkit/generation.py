@@ -4,7 +4,10 @@
 only supplies ``Model._forward_cached(input_ids, attention_mask, position_ids, past)``, one
 forward pass over the *new* columns that returns logits and the extended cache. A backend
 without a KV cache (a TransformerLens-native model, a third-party backend) is run by recomputing
-the full sequence at every step instead; see "Positions" for the one place where that differs.
+the full sequence at every step instead; see "Policies" for the one place where that differs.
+A backend that executes plans itself (overrides ``Model.execute``, no ``_forward_cached``) gets
+one :class:`~conceptkit.plans.Plan` per step and prompt, with each intervention's rows written
+as explicit positions, so generation never needs its hooks.
 
 Prompts are padded on the left (every row's newest token is then the last column), position ids
 count real tokens only, and the attention mask always spans the whole sequence, so a batch
@@ -28,7 +31,8 @@ Positions
 
 Policies
     A :class:`GenerationPolicy` reads sites after every forward and returns the interventions for
-    the *next* forward. ``policy.positions`` chooses their rows: ``"last"`` (default) the next
+    the *next* forward. A read sees the site after the interventions there (what the rest of
+    the model sees). ``policy.positions`` chooses their rows: ``"last"`` (default) the next
     forward's newest row only; ``"new"`` every generated row; ``"all"`` every row, prompt
     included. Rows already in the cache were computed under earlier decisions, so when a
     ``"new"``/``"all"`` policy changes its interventions, the affected rows are recomputed
@@ -343,8 +347,9 @@ class _BatchRun:
     """Generates one left-padded batch; owns the hooks of that batch."""
 
     def __init__(self, model: "Model", ids: torch.Tensor, mask: torch.Tensor, fixed: list[Any], scope: Scope,
-                 policy: Any, examples: list[int], use_cache: bool) -> None:
+                 policy: Any, examples: list[int], use_cache: bool, plans: bool = False) -> None:
         self.model = model
+        self.plans = plans  # run each forward as a Plan through model.execute (no hooks, no cache)
         self.ids, self.mask = ids, mask
         self.B, self.T0 = ids.shape
         self.prompt_len = mask.sum(1)
@@ -380,10 +385,13 @@ class _BatchRun:
         self.group.add(self.model.add_hook(site, hook))
 
     def install(self) -> None:
+        if self.plans:
+            return
         for item in self.fixed:
             self._ensure_site(item.intervention.site)
             self.by_site[item.intervention.site].append(item)
         for site in self.read_sites:
+            self._ensure_site(site)  # interventions there run first: reads see what the model sees
 
             def read(x: torch.Tensor, site: str = site) -> None:
                 self.captured[site] = x.detach().clone()
@@ -391,11 +399,11 @@ class _BatchRun:
             self.group.add(self.model.add_hook(site, read))
 
     def set_policy_items(self, items: list[RowScoped]) -> None:
-        for old in self.policy_items:
+        for old in [] if self.plans else self.policy_items:
             self.by_site[old.intervention.site].remove(old)
         scope = {"last": "last_row", "new": "new", "all": "all"}[self.policy.positions]
         self.policy_items = [_Item(r.intervention, scope, r.rows) for r in items]
-        for item in self.policy_items:
+        for item in [] if self.plans else self.policy_items:
             self._ensure_site(item.intervention.site)
             self.by_site[item.intervention.site].append(item)
 
@@ -450,6 +458,8 @@ class _BatchRun:
         self._masks = {}
         self.captured = {}
         ids, pos = self.ids[:, start:], positions[:, start:]
+        if self.plans:
+            return self._execute_plan(), None
         if self.use_cache:
             logits, past = self.model._forward_cached(ids, self.mask, pos, past)
         else:
@@ -457,6 +467,36 @@ class _BatchRun:
 
             logits = self.model._forward(Batch(self.ids, self.mask, "left"))
         return logits[:, -1, :].float(), past
+
+
+    def _execute_plan(self) -> torch.Tensor:
+        """One full forward as a :class:`~conceptkit.plans.Plan` (one unpadded prompt): each
+        intervention's rows become explicit positions, reads come back unreduced."""
+        from conceptkit.data import Batch
+        from conceptkit.plans import Plan, Read
+
+        ivs = []
+        for item in self.fixed + self.policy_items:
+            whole = item.intervention.positions == "all" and item.scope == "all" and item.rows is None
+            if whole:
+                ivs.append(item.intervention)
+                continue
+            cols = self._compute_rows(item)[0].nonzero().flatten().tolist()
+            if cols:
+                ivs.append(item.intervention.model_copy(update={"positions": cols}))
+        plan = Plan(Batch(self.ids, self.mask, "left"), reads=[Read(s, "all") for s in self.read_sites], interventions=ivs, output="logits")
+        out = self.model.execute(plan)
+        self.captured = {s: t.unsqueeze(0) for s, t in out.reads.items()}
+        return out.output[:, -1, :].float()  # type: ignore[index]
+
+
+def _executes_plans_only(model: "Model") -> bool:
+    """A backend that overrides ``execute`` and has no KV cache of its own runs plans."""
+    from conceptkit.backends.base import Model
+
+    overrides = getattr(type(model), "execute", None) is not getattr(Model, "execute", None)
+    cached = getattr(type(model), "_forward_cached", None) is not getattr(Model, "_forward_cached", None)
+    return overrides and not cached
 
 
 def _newest(site: str, t: torch.Tensor, chunk: torch.Size) -> torch.Tensor:
@@ -603,11 +643,14 @@ def generate(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if eos else 0)
     records: list[StepRecord] = []
     token_ids: list[torch.Tensor] = []
+    plans = _executes_plans_only(model)
+    if plans:  # one prompt per plan, so every intervention's rows are plain positions
+        batch_size, use_cache = 1, False
     with torch.inference_mode():
         for begin in range(0, len(rows), batch_size):
             chunk = rows[begin : begin + batch_size]
             ids, mask = _left_pad(chunk, pad_id)
-            run = _BatchRun(model, ids, mask, fixed, positions, policy, list(range(begin, begin + len(chunk))), use_cache)
+            run = _BatchRun(model, ids, mask, fixed, positions, policy, list(range(begin, begin + len(chunk))), use_cache, plans)
             try:
                 run.install()
                 new = _generate_batch(run, sampler, max_new_tokens, eos, return_steps, records)
