@@ -1,6 +1,6 @@
 """SAE training: conceptkit's TopK trainer vs EleutherAI sparsify on the same cached activations.
 
-Both train a TopK SAE (d_sae 4608, k 64, AuxK 1/32, batches of 1024 rows, the same rows in the
+Both train a TopK SAE (d_sae 4608, k 64, AuxK 1/32, batches of 512 rows, the same rows in the
 same order) on SmolLM2 ``blocks.12.hook_resid_post`` activations of the offline corpus
 (position 0 left out), captured once and cached. sparsify's ``SparseCoder`` runs its own forward
 (fused top-k encoder, sparse decoder, AuxK) with the loop body of ``sparsify.Trainer.fit``: decoder
@@ -17,8 +17,8 @@ import time
 
 import torch
 
-D_SAE, K, BATCH, EPOCHS = 4608, 64, 1024, 2
-TRAIN_TOKENS, HELD_TOKENS = 48_000, 8_192
+D_SAE, K, BATCH, EPOCHS = 4608, 64, 512, 1
+TRAIN_TOKENS, HELD_TOKENS = 40_960, 16_384
 
 
 def activations() -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,7 +58,7 @@ class Recipe(pydantic.BaseModel):
 RECIPES: dict[str, Recipe] = {
     "smollm2-135m": Recipe(
         model="smollm2-135m", default_site="blocks.12.hook_resid_post", d_sae=4608, k=64,
-        train_tokens=160_000, epochs=4,
+        train_tokens=64_000, epochs=3,
     ),
 }
 
@@ -162,10 +162,14 @@ def build(name: str, site: str, recipe: Recipe, folder: Path, *, model: Any = No
         if bar is not None:
             bar.update(int(part["attention_mask"].sum()))
         if n_done == 0:
-            per_chunk = time.perf_counter() - t0
-            est_capture = per_chunk * len(todo)
-            # training cost measured the same way (one step) would need the data; use a fixed ratio
-            _say(f"estimated time: capture {est_capture / 60:.1f} min + training ~{est_capture * 0.35 / 60:.1f} min")
+            est_capture = (time.perf_counter() - t0) * len(todo)
+            probe = TopKTrainer(model.d_model, TrainConfig(d_sae=recipe.d_sae, k=recipe.k, batch_size=min(recipe.batch_size, rows.shape[0])))
+            t_step = time.perf_counter()
+            probe.train_step(rows[: probe.config.batch_size])
+            per_row = (time.perf_counter() - t_step) / probe.config.batch_size
+            est_train = per_row * recipe.train_tokens * recipe.epochs
+            _say(f"estimated time: capture {est_capture / 60:.1f} min + training {est_train / 60:.1f} min "
+                 f"(measured on the first {chunk} windows and one training step)")
     if bar is not None:
         bar.close()
     capture_seconds = time.perf_counter() - t0

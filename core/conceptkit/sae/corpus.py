@@ -11,8 +11,7 @@ already on the machine, in a fixed order:
                top-level package contributes at most 150,000 characters, for variety);
 * ``packages`` the long descriptions (README text) in the metadata of every installed
                distribution, plus ``.md``/``.rst`` files shipped inside site-packages;
-* ``project``  conceptkit's own texts: its concept sets and, in a source checkout, ``docs/``
-               and the READMEs.
+* ``project``  conceptkit's own texts that ship with it: the sentences of its concept sets.
 
 Each text is split into paragraphs; a paragraph is kept when it reads as prose (mostly letters,
 not code, not a table, at least 40 characters) and is not a duplicate. Documents are assigned
@@ -188,11 +187,6 @@ def _project() -> Iterator[tuple[str, str]]:
         # one sentence a line: join into paragraphs of 8 sentences so they pass as prose
         lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
         yield f"concepts/{path.name}", "\n\n".join(" ".join(lines[i : i + 8]) for i in range(0, len(lines), 8))
-    repo = pkg.parents[1]
-    if (repo / "pyproject.toml").exists() and (repo / "docs").is_dir():
-        files = sorted((repo / "docs").rglob("*.md")) + sorted(repo.glob("*.md")) + sorted(repo.glob("plugins/*/README.md"))
-        for path in files:
-            yield str(path.relative_to(repo)), path.read_text(encoding="utf-8", errors="replace")
 
 
 _READERS = {"pydoc": _pydoc, "stdlib": _stdlib, "docstrings": _site_docstrings, "packages": _packages, "project": _project}
@@ -201,9 +195,7 @@ _READERS = {"pydoc": _pydoc, "stdlib": _stdlib, "docstrings": _site_docstrings, 
 def installation_key(sources: Sequence[str] = SOURCES) -> str:
     """A cheap key for "the same installation": Python, every distribution's version, the sources."""
     dists = sorted({f"{(d.metadata.get('Name') or '').lower()}=={d.version}" for d in importlib.metadata.distributions()})
-    project = Path(__file__).resolve().parents[2].parent
-    docs = sorted(str(p.stat().st_mtime_ns) for p in (project / "docs").rglob("*.md")) if (project / "docs").is_dir() else []
-    raw = json.dumps([sys.version, dists, list(sources), docs])
+    raw = json.dumps([sys.version, dists, list(sources)])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
