@@ -240,22 +240,21 @@ class LocalStore:
             return
         # One descriptor per lock file, thread and process (a forked child must not share its
         # parent's open file description: flock locks belong to that description).
-        fds = getattr(self._local, "lock_fds", None)
-        if fds is None or fds[0] != os.getpid():
-            fds = self._local.lock_fds = (os.getpid(), {})
-        fd = fds[1].get(name)
+        files = getattr(self._local, "lock_files", None)
+        if files is None or files.pid != os.getpid():
+            files = self._local.lock_files = _LockFiles()
+        fd = files.fds.get(name)
         if fd is None:
-            fd = fds[1][name] = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
-        if fd in fds[1].get("__held__", ()):  # re-entered in this thread: already held
+            fd = files.fds[name] = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
+        if fd in files.held:  # re-entered in this thread: already held
             yield
             return
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        held = fds[1].setdefault("__held__", set())
-        held.add(fd)
+        files.held.add(fd)
         try:
             yield
         finally:
-            held.discard(fd)
+            files.held.discard(fd)
             fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _writable(self, what: str) -> None:
@@ -267,12 +266,10 @@ class LocalStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
-        fds = getattr(self._local, "lock_fds", None)
-        if fds is not None and fds[0] == os.getpid():
-            for key, fd in fds[1].items():
-                if key != "__held__":
-                    os.close(fd)
-        self._local.lock_fds = None
+        files = getattr(self._local, "lock_files", None)
+        if files is not None:
+            files.close()
+        self._local.lock_files = None
 
     def _generation(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
@@ -698,6 +695,27 @@ class LocalStore:
     def __repr__(self) -> str:
         mode = ", readonly=True" if self.readonly else ""
         return f"LocalStore({str(self.root)!r}{mode})"
+
+
+class _LockFiles:
+    """One thread's open lock-file descriptors; closed when the store (or thread) goes away."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.fds: dict[str, int] = {}
+        self.held: set[int] = set()
+
+    def close(self) -> None:
+        if self.pid == os.getpid():  # a forked child must not close (and unlock) its parent's
+            for fd in self.fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fds = {}
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def load_safetensors(data: bytes, where: str) -> dict[str, torch.Tensor]:
