@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from conceptkit.backends.base import Model
     from conceptkit.store.record import MethodInfo
 
+__all__ = ["method_info", "input_fingerprint", "config_inputs"]
+
 
 def _registered(name: str) -> tuple[str, str | None, str | None] | None:
     """(plugin, distribution, version) of a registered method, or None."""

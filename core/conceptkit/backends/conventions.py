@@ -17,6 +17,8 @@ from typing import Any
 
 from conceptkit.errors import InputError
 
+__all__ = ["ConventionWarning", "find_tokenizer", "check_conventions", "tokenizer_difference"]
+
 PROBE_TEXT = "Hello world"
 
 
