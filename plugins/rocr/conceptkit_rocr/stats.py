@@ -45,8 +45,8 @@ def second_moments(model: Any, texts: list[str], layers: list[int], *, batch_siz
     for start in range(0, len(texts), chunk):
         acts = model.capture(texts[start : start + chunk], list(sites.values()), reduce="all", batch_size=batch_size)
         for layer, site in sites.items():
-            K = acts[site].double()
-            sums[layer] = sums.get(layer, 0) + K.T @ K
+            K = acts[site].float()  # float32 products per chunk (the reference's mom2_dtype), float64 running sum
+            sums[layer] = sums.get(layer, 0) + (K.T @ K).double()
         count += int(acts[sites[layers[0]]].shape[0])
     return {layer: s / max(count, 1) for layer, s in sums.items()}, count
 

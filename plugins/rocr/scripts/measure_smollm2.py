@@ -1,0 +1,151 @@
+"""Measure ROCR and the gradient-ascent baseline on SmolLM2-135M across forms (issue 15).
+
+    OMP_NUM_THREADS=2 .venv/bin/python plugins/rocr/scripts/measure_smollm2.py --out rocr-measure
+
+1. Which shipped entities does the unedited model know? "Known" (fixed before any edit): the
+   greedy answer is right (top-1 on every answer token) in the training form ``fill_blank`` and
+   in at least one other generated form (qa, paraphrase_1, paraphrase_2).
+2. For each known entity: the ROCR edit to the harmless concept (statistics computed once and
+   cached in the store under --out), evaluated before/after on all five forms, the neighbours,
+   KL on unrelated text and fluency; then gradient ascent on the fill_blank form only
+   (``--ga-lr``, ``--ga-steps``), evaluated the same way.
+3. Aggregates (pooled over entities and forms) against the issue's targets, a table
+   (``report.md``), the raw numbers (``results.json``) and a plot (``forms.png``).
+Control: the fill_blank answer's probability with the entity's name replaced by the harmless
+concept (what a perfect redirection would leave).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import conceptkit as ck
+from conceptkit_rocr.baseline import gradient_ascent
+from conceptkit_rocr.config import RocrConfig
+from conceptkit_rocr.evaluate import FORMS, evaluate, forms_data
+from conceptkit_rocr.method import ROCR
+from conceptkit_rocr.result import plot_forms
+from conceptkit_rocr.scoring import score_answers
+
+GENERATED = ["qa", "paraphrase_1", "paraphrase_2"]
+
+
+def pooled(evs, which, when, forms=None):
+    rows = [r for e in evs for r in getattr(e, which) if forms is None or r.form in forms]
+    return sum(getattr(r, f"prob_{when}") for r in rows) / max(len(rows), 1)
+
+
+def drop(evs, forms=None):
+    b = pooled(evs, "forms", "before", forms)
+    return 1 - pooled(evs, "forms", "after", forms) / b
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="rocr-measure")
+    ap.add_argument("--harmless", default="John Smith")
+    ap.add_argument("--layers", default="4,5,6")
+    ap.add_argument("--ga-lr", type=float, default=2e-5)
+    ap.add_argument("--ga-steps", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=None, help="at most this many known entities")
+    ap.add_argument("--backend", default="transformer_lens")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "log.txt", "a")
+
+    def say(*a):
+        line = " ".join(str(x) for x in a)
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    model = ck.load_model("smollm2-135m", backend=args.backend)
+    store = ck.open_store(out / "store")
+    layers = [int(x) for x in args.layers.split(",")]
+    rocr = ROCR()
+
+    # 1. which entities does the model know?
+    ents = forms_data()["entities"]
+    rows = [(e["forms"][f]["prompt"], e["forms"][f]["answer"]) for e in ents for f in FORMS]
+    opts = [e["forms"][f].get("options") for e in ents for f in FORMS]
+    scores = score_answers(model, rows, options=opts)
+    known = []
+    for i, e in enumerate(ents):
+        s = dict(zip(FORMS, scores[i * len(FORMS) : (i + 1) * len(FORMS)]))
+        ok = s["fill_blank"].top1 and any(s[f].top1 for f in GENERATED)
+        say(f"{'KNOWN ' if ok else 'unknown'} {e['name']:<26} " + " ".join(f"{f}={s[f].prob:.2f}/{int(s[f].top1)}" for f in FORMS))
+        if ok:
+            known.append(e["name"])
+    if args.limit:
+        known = known[: args.limit]
+    say(f"{len(known)} known entities: {known}")
+    control_rows = [(e["forms"]["fill_blank"]["prompt"].replace(e["name"], args.harmless), e["forms"]["fill_blank"]["answer"]) for e in ents if e["name"] in known]
+    control = {n: s.prob for n, s in zip(known, score_answers(model, control_rows))}
+
+    # 2. statistics once, then one edit per entity
+    base = dict(harmless=args.harmless, layers=layers)
+    t0 = time.perf_counter()
+    stats = rocr._stats(model, RocrConfig(target=known[0], **base), layers, store)
+    stats_seconds = time.perf_counter() - t0
+    say(f"statistics: {stats_seconds:.1f} s; " + "; ".join(f"layer {l}: {s.n_tokens} tokens, rank {s.projector.key_rank}, null dim {s.projector.null_dim}, tau {s.projector.tau:g}, source {s.source}" for l, s in stats.items()))
+    results = {"harmless": args.harmless, "layers": layers, "ga_lr": args.ga_lr, "ga_steps": args.ga_steps, "stats_seconds": stats_seconds,
+               "stats": {l: dict(n_tokens=s.n_tokens, key_rank=s.projector.key_rank, null_dim=s.projector.null_dim, tau=s.projector.tau) for l, s in stats.items()},
+               "known": known, "control_fill_blank_with_harmless": control, "entities": {}}
+    evs_rocr, evs_ga = [], []
+    for name in known:
+        cfg = RocrConfig(target=name, **base)
+        t = time.perf_counter()
+        edit = rocr._edit(model, cfg, stats, layers)
+        edit_s = time.perf_counter() - t
+        ev = evaluate(model, name, lambda: edit.apply(model), method="rocr", max_new_tokens=16)
+        form = next(e for e in ents if e["name"] == name)["forms"]["fill_blank"]
+        t = time.perf_counter()
+        ga = gradient_ascent(model, [(form["prompt"], form["answer"])], lr=args.ga_lr, steps=args.ga_steps)
+        ga_s = time.perf_counter() - t
+        ev_ga = evaluate(model, name, lambda: ga.apply(model), method="gradient_ascent", max_new_tokens=16, before=ev._before)
+        evs_rocr.append(ev)
+        evs_ga.append(ev_ga)
+        results["entities"][name] = {"rocr": ev.model_dump(), "gradient_ascent": ev_ga.model_dump(), "edit_seconds": edit_s, "ga_seconds": ga_s,
+                                     "residual_norms": [f.residual_norm for f in edit.factors], "residual_after": edit.info["residual_after"], "ga_nll_per_step": ga.nll_per_step}
+        say(f"{name:<26} rocr: drop {ev.relative_drop():.0%} (train form {ev.relative_drop(['fill_blank']):.0%}, paraphrases {ev.relative_drop(['paraphrase_1', 'paraphrase_2']):.0%}), "
+            f"neighbours kept {ev.neighbour_kept():.0%}, KL {ev.kl_unrelated:.4f}, edit {edit_s:.1f} s | GA: drop {ev_ga.relative_drop():.0%} "
+            f"(train {ev_ga.relative_drop(['fill_blank']):.0%}, paraphrases {ev_ga.relative_drop(['paraphrase_1', 'paraphrase_2']):.0%}), kept {ev_ga.neighbour_kept():.0%}, KL {ev_ga.kl_unrelated:.4f}")
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+    # 3. aggregates
+    lines = [f"# ROCR vs gradient ascent on SmolLM2-135M-Instruct ({len(known)} entities, harmless concept {args.harmless!r}, layers {layers})", "",
+             f"Statistics (one-time): {stats_seconds:.1f} s. GA: Adam lr {args.ga_lr}, {args.ga_steps} steps on the fill_blank form, every MLP weight.", "",
+             "| method | form | mean prob before | after | relative drop | top-1 before | top-1 after |", "|---|---|---|---|---|---|---|"]
+    agg = {}
+    for label, evs in (("rocr", evs_rocr), ("gradient_ascent", evs_ga)):
+        for f in FORMS + ["all forms", "paraphrases"]:
+            fs = FORMS if f == "all forms" else ["paraphrase_1", "paraphrase_2"] if f == "paraphrases" else [f]
+            rows_ = [r for e in evs for r in e.forms if r.form in fs]
+            t1b = sum(r.top1_before for r in rows_) / len(rows_)
+            t1a = sum(r.top1_after for r in rows_) / len(rows_)
+            lines.append(f"| {label} | {f} | {pooled(evs, 'forms', 'before', fs):.3f} | {pooled(evs, 'forms', 'after', fs):.3f} | {drop(evs, fs):.0%} | {t1b:.2f} | {t1a:.2f} |")
+        nb, na = pooled(evs, "neighbours", "before"), pooled(evs, "neighbours", "after")
+        agg[label] = dict(drop_all=drop(evs), drop_train=drop(evs, ["fill_blank"]), drop_paraphrases=drop(evs, ["paraphrase_1", "paraphrase_2"]),
+                          neighbours_kept=na / nb, kl=sum(e.kl_unrelated for e in evs) / len(evs), kl_max=max(e.kl_unrelated for e in evs),
+                          fluency_before=sum(e.fluency_before for e in evs) / len(evs), fluency_after=sum(e.fluency_after for e in evs) / len(evs))
+        lines.append(f"| {label} | neighbours | {nb:.3f} | {na:.3f} | kept {na / nb:.0%} | | |")
+    lines += ["", "| method | drop all forms (target ≥70%) | training form | paraphrases | neighbours kept (≥90%) | KL nats/token mean (max) (≤0.01) | fluency before → after |", "|---|---|---|---|---|---|---|"]
+    for label, a in agg.items():
+        lines.append(f"| {label} | {a['drop_all']:.0%} | {a['drop_train']:.0%} | {a['drop_paraphrases']:.0%} | {a['neighbours_kept']:.0%} | {a['kl']:.4f} ({a['kl_max']:.4f}) | {a['fluency_before']:.2f} → {a['fluency_after']:.2f} |")
+    edit_times = [results["entities"][n]["edit_seconds"] for n in known]
+    lines += ["", f"ROCR edit time per entity (statistics cached): median {sorted(edit_times)[len(edit_times) // 2]:.1f} s, max {max(edit_times):.1f} s.",
+              "", "Control: fill_blank answer probability with the name replaced by the harmless concept: "
+              + ", ".join(f"{n} {control[n]:.3f}" for n in known)]
+    results["aggregate"] = agg
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    plot_forms(evs_rocr + evs_ga, out / "forms.png")
+    say("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
