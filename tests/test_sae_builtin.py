@@ -103,3 +103,26 @@ def test_cli_import_eval_similar(cache, tmp_path) -> None:
     cav = ck.open_store(store).put(ck.RecordDraft(tensors={"vector": sae.W_dec[5]}, concept="c"))
     out = runner.invoke(cli, ["sae", "similar", rid, cav.id, "--k", "2", "--store", str(store)])
     assert out.exit_code == 0 and " 5 " in out.output, out.output
+
+
+def test_cli_eval_and_features_on_a_tiny_model(cache, tmp_path) -> None:
+    """sae eval reports FVE/L0/dead/CE on held-out text; sae features highlights each context's top token."""
+    from conceptkit.cli import cli
+    from conceptkit.sae import SAE
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 64, generator=g)
+    sae = SAE(W.T.contiguous() / 8, torch.zeros(64), W / W.norm(dim=1, keepdim=True), torch.zeros(64),
+              architecture="topk", k=6, site="blocks.1.hook_resid_post", model_name="tiny-llama")
+    folder = sae.save(str(tmp_path / "sae"))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["sae", "eval", str(folder), "--sources", "project", "--tokens", "1500", "--ce-tokens", "256", "--json"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output[out.output.index("{"):])
+    assert res["l0"] <= 6 and res["n_tokens"] >= 1000 and res["ce_clean"] > 0 and 0 <= res["dead_fraction"] <= 1
+    html_path = tmp_path / "f.html"
+    out = runner.invoke(cli, ["sae", "features", str(folder), "--latents", "0,1", "--sources", "project", "--tokens", "1024",
+                              "--top", "3", "--html", str(html_path)])
+    assert out.exit_code == 0, out.output
+    page = html_path.read_text()
+    assert "latent 0" in page and "latent 1" in page and ("<mark>" in page or "never fires" in page)

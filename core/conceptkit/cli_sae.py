@@ -6,7 +6,6 @@ name of an embedded SAE (``smollm2-135m``, with ``--site``).
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -91,9 +90,10 @@ def load_cmd(name: str, site: str | None, store_path: str | None) -> None:
 @click.option("--tokens", type=int, default=100_000, show_default=True, help="held-out tokens for FVE, L0, dead latents")
 @click.option("--ce-tokens", type=int, default=8192, show_default=True, help="held-out tokens for CE loss recovered (0: skip)")
 @click.option("--store", "store_path", type=click.Path(file_okay=False))
+@click.option("--sources", default=None, help="corpus sources, comma-separated (default: all)")
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(sae_ref: str, site: str | None, model_name: str | None, backend: str, tokens: int, ce_tokens: int,
-             store_path: str | None, as_json: bool) -> None:
+             store_path: str | None, sources: str | None, as_json: bool) -> None:
     """Held-out FVE, L0, dead latents and CE loss recovered on the offline corpus."""
     import time
 
@@ -103,7 +103,7 @@ def eval_cmd(sae_ref: str, site: str | None, model_name: str | None, backend: st
     sae_obj = _resolve(sae_ref, site, store_path)
     site = site or sae_obj.site
     model = _model_for(sae_obj, model_name, backend)
-    corpus = corpus_mod.build()
+    corpus = corpus_mod.build(tuple(sources.split(",")) if sources else corpus_mod.SOURCES)
     windows = corpus_mod.token_windows(corpus, model.tokenizer, "held_out", 128, max_tokens=tokens + tokens // 127 + 128)
     ce = {k: v[: max(1, ce_tokens // 128)] for k, v in windows.items()} if ce_tokens else None
     t0 = time.perf_counter()
@@ -128,15 +128,17 @@ def eval_cmd(sae_ref: str, site: str | None, model_name: str | None, backend: st
 @click.option("--tokens", type=int, default=16_384, show_default=True, help="held-out tokens to search")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default="sae-features.html", show_default=True)
 @click.option("--store", "store_path", type=click.Path(file_okay=False))
+@click.option("--sources", default=None, help="corpus sources, comma-separated (default: all)")
 def features(sae_ref: str, latents: str, site: str | None, model_name: str | None, backend: str, top: int, tokens: int,
-             html_path: str, store_path: str | None) -> None:
+             html_path: str, store_path: str | None, sources: str | None) -> None:
     """Top-activating contexts of chosen latents (highlighted), plus a static HTML page."""
     from conceptkit.sae.features import render_html, render_terminal, top_contexts
 
     sae_obj = _resolve(sae_ref, site, store_path)
     ids = [int(s) for s in latents.split(",") if s.strip()]
     model = _model_for(sae_obj, model_name, backend)
-    found = top_contexts(model, sae_obj, ids, site=site, top=top, tokens=tokens)
+    found = top_contexts(model, sae_obj, ids, site=site, top=top, tokens=tokens,
+                         sources=tuple(sources.split(",")) if sources else None)
     render_terminal(found)
     Path(html_path).write_text(render_html(found, title=f"{sae_obj!r}"))
     click.echo(f"wrote {html_path}", err=True)
@@ -174,6 +176,3 @@ def import_cmd(folder: str, hookpoint: str | None, site: str | None, store_path:
     record = _store(store_path).put(to_draft(sae_obj, method="sae-import", config={"source": str(Path(folder).resolve())}))
     click.echo(record.id)
 
-
-def _escape(text: str) -> str:
-    return html.escape(text)

@@ -26,7 +26,8 @@ class LatentContexts:
 
 
 def top_contexts(model: Any, sae: SAE, latents: Sequence[int], *, site: str | None = None, top: int = 8,
-                 tokens: int = 16_384, window: int = 10, skip_first: int = 1) -> list[LatentContexts]:
+                 tokens: int = 16_384, window: int = 10, skip_first: int = 1,
+                 sources: tuple[str, ...] | None = None) -> list[LatentContexts]:
     """For each latent, the ``top`` held-out tokens where it is most active, with ``window`` tokens of context."""
     from conceptkit.errors import InputError
     from conceptkit.sae import corpus as corpus_mod
@@ -35,7 +36,7 @@ def top_contexts(model: Any, sae: SAE, latents: Sequence[int], *, site: str | No
     bad = [f for f in latents if not 0 <= f < sae.d_sae]
     if bad:
         raise InputError(f"latent {bad[0]} is out of range: the SAE has latents 0 to {sae.d_sae - 1}")
-    corpus = corpus_mod.build()
+    corpus = corpus_mod.build(sources or corpus_mod.SOURCES)
     windows = corpus_mod.token_windows(corpus, model.tokenizer, "held_out", 128, max_tokens=tokens)
     name = f"{site}.hook_sae_acts_post"
     idx = torch.as_tensor(list(latents))
