@@ -1,17 +1,20 @@
 """Steered generation on SmolLM2: conceptkit ``generate`` vs HF ``generate`` with the same hook.
 
-4 prompts (left-padded batch), 64 new tokens, greedy. The peer is ``hf_model.generate`` with a
+4 prompts (left-padded batch), 64 new tokens, greedy (``CK_BENCH_NEW_TOKENS``,
+``CK_BENCH_REPEATS`` and ``CK_BENCH_TL=1`` change the length, the repeats, and add the bridge). The peer is ``hf_model.generate`` with a
 forward hook on decoder layer 12 adding a steering vector at every position (its KV cache, its
 loop). conceptkit runs the very same model object (nnsight backend) with ``Add`` at
 ``blocks.12.hook_resid_post``; then with a policy that reads one site at every step and returns
-no intervention (the cost of the per-step policy machinery). The TransformerLens bridge is shown
-for information (it runs the same HF modules through its hook points). All interleaved.
+no intervention (the cost of the per-step policy machinery). With ``CK_BENCH_TL=1`` the
+TransformerLens bridge is timed too, for information (the same HF modules through its hook
+points). All interleaved; the first repeat's ids are checked equal to HF's.
 
 Targets (issue 9): fixed ``Add`` <= 1.2x HF generate; one-site policy <= 1.15x the fixed ``Add``.
-The generated ids are checked equal to HF's, so the contenders do the same work.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -22,7 +25,9 @@ from conceptkit.generation import GenerationPolicy
 LAYER = 12
 SITE = f"blocks.{LAYER}.hook_resid_post"
 READ = "blocks.20.hook_resid_post"
-NEW = 64
+NEW = int(os.environ.get("CK_BENCH_NEW_TOKENS", "64"))
+REPEATS = int(os.environ.get("CK_BENCH_REPEATS", "3"))
+WITH_TL = os.environ.get("CK_BENCH_TL", "0") == "1"  # also time the TransformerLens bridge
 PROMPTS = [
     "Once upon a time, in a small village by the sea,",
     "The best way to learn a new language is",
@@ -47,7 +52,7 @@ class ReadOne(GenerationPolicy):
 def main() -> None:
     torch.set_grad_enabled(False)
     nn = ck.load_model("smollm2-135m", backend="nnsight")
-    tl = ck.load_model("smollm2-135m", backend="transformer_lens")
+    tl = ck.load_model("smollm2-135m", backend="transformer_lens") if WITH_TL else None
     hf = nn.hf
     batch = nn.tokenize(PROMPTS, padding_side="left")
     tokens = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
@@ -78,19 +83,27 @@ def main() -> None:
         return [t.tolist() for t in nn.generate(tokens, [add], max_new_tokens=NEW, policy=ReadOne()).token_ids]
 
     def ck_tl_add() -> list[list[int]]:
+        assert tl is not None
         return [t.tolist() for t in tl.generate(tokens, [add], max_new_tokens=NEW).token_ids]
 
-    reference = hf_generate()
-    for name, fn in (("ck_add", ck_add), ("ck_policy", ck_policy), ("ck_tl_add", ck_tl_add)):
-        assert fn() == reference, f"{name} generated other tokens than HF generate"
+    results: dict[str, list[list[int]]] = {}
+
+    def keep(name, fn):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            results[name] = fn()
+
+        return run
+
+    contenders = {"hf_generate_with_hook": hf_generate, "ck_generate_add": ck_add, "ck_generate_add_policy_read1": ck_policy}
+    if WITH_TL:
+        contenders["ck_generate_add_transformer_lens"] = ck_tl_add
+    times = interleaved({k: keep(k, f) for k, f in contenders.items()}, repeats=REPEATS, warmup=0)
+    reference = results["hf_generate_with_hook"]
+    for name, ids in results.items():
+        assert ids == reference, f"{name} generated other tokens than HF generate"
     n_new = sum(len(r) for r in reference)
-    print(f"  {len(PROMPTS)} prompts ({width} tokens padded), {NEW} new tokens max, {n_new} generated in all, greedy")
-    times = interleaved(
-        {"hf_generate_with_hook": hf_generate, "ck_generate_add": ck_add, "ck_generate_add_policy_read1": ck_policy,
-         "ck_generate_add_transformer_lens": ck_tl_add},
-        repeats=3,
-        warmup=0,
-    )
+    print(f"  {len(PROMPTS)} prompts ({width} tokens padded), {NEW} new tokens max, {n_new} generated in all, greedy, "
+          f"median of {REPEATS}")
     report("steered generation (nnsight backend unless named)", times, "hf_generate_with_hook")
     add_ratio = times["ck_generate_add"] / times["hf_generate_with_hook"]
     policy_ratio = times["ck_generate_add_policy_read1"] / times["ck_generate_add"]

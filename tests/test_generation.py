@@ -87,7 +87,7 @@ def test_cached_generation_equals_recomputed_with_add_at_all_positions(models, b
     assert cached != model.generate(PROMPTS, max_new_tokens=8)  # the vector does steer
 
 
-@pytest.mark.parametrize("positions", ["last", "first", [0, -1, 12]])
+@pytest.mark.parametrize("positions", ["last", "first", [0, -1, 5]])
 def test_position_semantics_do_not_depend_on_the_cache(models, positions):
     """'last', 'first' and listed positions select the same rows with and without the cache."""
     model = models("tiny-llama", "transformer_lens")
@@ -289,6 +289,7 @@ def test_chat_template_is_applied_only_when_asked(models):
         ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
         ({"positions": "middle"}, "positions must be 'all', 'new' or 'prompt'"),
         ({"max_new_tokens": 200}, r"exceeds the context .* \(128 positions\)"),
+        ({"interventions": [iv.Add(site=SITE, vector=torch.ones(64), positions=[-3])]}, "position -3 is out of range for a prompt of 2"),
         ({"policy": type("Bad", (GenerationPolicy,), {"positions": "everywhere"})()}, "policy.positions must be"),
     ],
 )

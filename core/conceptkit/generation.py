@@ -157,9 +157,6 @@ class Generation(list):
         self.prompt_ids = list(prompt_ids)
         self.steps = steps
 
-    def __repr__(self) -> str:
-        return f"Generation({list.__repr__(self)})"
-
 
 # -- settings -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -468,7 +465,6 @@ class _BatchRun:
             logits = self.model._forward(Batch(self.ids, self.mask, "left"))
         return logits[:, -1, :].float(), past
 
-
     def _execute_plan(self) -> torch.Tensor:
         """One full forward as a :class:`~conceptkit.plans.Plan` (one unpadded prompt): each
         intervention's rows become explicit positions, reads come back unreduced."""
@@ -629,6 +625,15 @@ def generate(
     for item in fixed:
         model.resolve_site(item.site)
     rows = _prompt_rows(model, inputs, chat)
+    shortest = min(int(r.numel()) for r in rows)
+    for item in fixed:
+        if isinstance(item.positions, list):
+            for p in item.positions:
+                if (p < 0 and -p > shortest) or p >= shortest + max_new_tokens:
+                    raise InputError(
+                        f"intervention at {item.site!r}: token position {p} is out of range for a prompt of {shortest} "
+                        f"tokens plus max_new_tokens={max_new_tokens} (negative positions count from the prompt's end)"
+                    )
     limit = _context_length(model)
     if limit is not None:
         longest = max(int(r.numel()) for r in rows)
