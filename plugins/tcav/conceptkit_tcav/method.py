@@ -134,11 +134,15 @@ class TCAV(ck.Method):
         threshold = config.alpha / 2 if bonferroni else config.alpha
         if config.tgcav is not None and len(sites) < 2:
             raise InputError(f"TGCAV fuses CAVs across layers: give at least 2 sites, got {sites}")
+        if config.tgcav is not None and config.relative and config.tgcav.align:
+            raise InputError("TGCAV's alignment uses random-random CAVs as negatives, which relative TCAV has none of: set tgcav.align to false")
+        gcav_inputs: dict[str, dict[str, list]] = {}
 
         objective = _objective(config, model)  # a multi-token target fails here, before compute
         objective_key = {"objective": config.objective, "gradient_of": config.gradient_of}
         recipe = ex.Recipe(
-            kind=config.probe, C=config.C, standardize=config.standardize, test_size=config.test_size,
+            kind=config.probe, C=config.C, test_size=config.test_size,
+            standardize=config.standardize if config.standardize is not None else config.probe != "sgd_hinge",
             normalize=config.normalize_cav, class_weight="balanced" if config.balance == "class_weight" else None,
             min_accuracy=config.min_cav_accuracy, count_negative=config.gradient_of == "loss",
         )
@@ -163,7 +167,7 @@ class TCAV(ck.Method):
             "mode": "relative" if config.relative else "concept_vs_random",
             "probe": config.probe,
             "C": config.C,
-            "standardize": config.standardize if config.standardize is not None else config.probe == "logistic",
+            "standardize": config.standardize if config.standardize is not None else config.probe != "sgd_hinge",
             "balance": config.balance,
             "normalize_cav": config.normalize_cav,
             "min_cav_accuracy": config.min_cav_accuracy,
@@ -247,6 +251,10 @@ class TCAV(ck.Method):
                     }
                     result.rows.append(self._row(c.name, site, runs, G, outcome, threshold, config, c.fingerprint, random_side))
                     per_site_cavs[c.name] = runs
+                    if config.tgcav is not None and config.tgcav.align:
+                        a, b = np.triu_indices(m, 1)  # random-random CAVs among this concept's random sets: negatives
+                        rr = ex.fit_runs(pool_rows[torch.from_numpy(r_idx[a])], pool_rows[torch.from_numpy(r_idx[b])], G, recipe, seed=config.seed + 2)
+                        gcav_inputs.setdefault(c.name, {}).setdefault("random", []).append(rr.directions)
             else:
                 pairwise = len(concept_sets) == 2
                 for ci, c in enumerate(concept_sets):
@@ -284,11 +292,27 @@ class TCAV(ck.Method):
             for name, runs in per_site_cavs.items():
                 result.cavs[f"{name}|{site}"] = runs.directions.float().tolist()
                 result.cav_accuracies[f"{name}|{site}"] = runs.accuracy.tolist()
+                if config.tgcav is not None:
+                    gcav_inputs.setdefault(name, {}).setdefault("cavs", []).append(runs.directions)
+                    gcav_inputs[name].setdefault("grads", []).append(G)
 
         if config.tgcav is not None:
-            from conceptkit_tcav.gcav import tgcav_for_result
+            from conceptkit_tcav.gcav import tgcav
 
-            tgcav_for_result(result, model, config, cache, acts, row_of, concept_texts, pool_texts, targets, objective, objective_key, sites)
+            t = config.tgcav
+            for name, inputs in gcav_inputs.items():
+                out = tgcav(
+                    inputs["cavs"], inputs.get("random"), inputs["grads"], dim_align=t.dim_align, do_align=t.align, fuse_mode=t.fuse,
+                    embed_dim=t.embed_dim, align_epochs=t.align_epochs, fuse_epochs=t.fuse_epochs, var_weight=t.var_weight,
+                    sim_weight=t.sim_weight, tau=t.tau, seed=t.seed, count_negative=recipe.count_negative,
+                )
+                result.tgcav[name] = {
+                    "sites": sites,
+                    "tcav": out.tcav_scores.mean(1).tolist(),
+                    "tgcav": out.tgcav_scores.mean(1).tolist(),
+                    "statistics": out.statistics(),
+                    "settings": t.model_dump(),
+                }
         return result
 
     @staticmethod

@@ -43,6 +43,7 @@ class TCAVResult(ck.Result):
     n_targets: int = 0
     cavs: dict[str, list[list[float]]] = pydantic.Field(default_factory=dict, repr=False)  # "concept|site" -> runs x d
     cav_accuracies: dict[str, list[float]] = pydantic.Field(default_factory=dict, repr=False)
+    tgcav: dict[str, dict[str, Any]] = pydantic.Field(default_factory=dict)  # concept -> per-layer TCAV/TGCAV means, statistics
 
     def row(self, concept: str, site: str | None = None) -> TCAVRow:
         for r in self.rows:
@@ -86,6 +87,14 @@ class TCAVResult(ck.Result):
         if test == "monte_carlo" and not relative:
             lines.append("random side: pseudo-concepts from the pool scored "
                          + ", ".join(f"{r.random_side.get('mean', float('nan')):.3f} ± {r.random_side.get('std', float('nan')):.3f} ({r.concept})" for r in self.rows if r.random_side and r.tested))
+        for name, t in self.tgcav.items():
+            lines.append(f"GCAV/TGCAV for {name} (CAVs of all runs scored at every site; TGCAV: one fused global CAV per run, decoded per layer):")
+            lines.append(f"  {'site':<26} {'TCAV':>6} {'TGCAV':>6}")
+            for site, a, b in zip(t["sites"], t["tcav"], t["tgcav"]):
+                lines.append(f"  {site:<26} {a:6.3f} {b:6.3f}")
+            for key in ("tcav", "tgcav"):
+                st = t["statistics"][key]
+                lines.append(f"  {key.upper():<6} across layers: mean {st['mean']:.3f}  Std {st['std']:.3f}  CV {st['cv']:.3f}  RR {st['rr']:.3f}")
         if relative:
             lines.append("Relative TCAV measures the sign of the output's sensitivity along each concept-vs-others direction, not class "
                          "membership: targets of either class can all score 1.00.")

@@ -126,3 +126,68 @@ def null_concepts_model(seed: int, n_concepts: int = 20, n_concept: int = 20, n_
         "seed": seed,
     }
     return model, config
+
+
+class Stack(torch.nn.Module):
+    """``h_{l+1} = ReLU(A_l h_l)`` for ``l < L``, read out by ``y = u · h_L``; each ``h_l`` is a site."""
+
+    def __init__(self, A: list[torch.Tensor], u: torch.Tensor) -> None:
+        super().__init__()
+        self.A, self.u = A, u
+        self.sites = torch.nn.ModuleList(torch.nn.Identity() for _ in A)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for A, site in zip(self.A, self.sites):
+            h = site(torch.relu(h @ A.T))
+        y = h @ self.u
+        return torch.stack([y, torch.zeros_like(y)], -1)
+
+
+class StackModel(VectorModel):
+    """A multi-site toy model: sites ``blocks.{l}.hook_resid_post`` are the stack's layers."""
+
+    def __init__(self, net: Stack, table: dict[str, torch.Tensor]) -> None:
+        super().__init__(net, table)  # type: ignore[arg-type]
+
+    def sites(self) -> list[str]:
+        return [f"blocks.{l}.hook_resid_post" for l in range(len(self.net.sites))]
+
+    def _attach(self, site, fn):  # type: ignore[no-untyped-def]
+        return module_hooks.attach(self.net.sites[int(site.split(".")[1])], "output", fn)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.net.sites)
+
+
+def stack_model(seed: int, L: int = 4, d: int = 16, n_set: int = 15, n_pool: int = 300, n_targets: int = 40, shift: float = 1.0,
+                residual: float | None = 0.5):  # type: ignore[no-untyped-def]
+    """The spec's synthetic multi-layer stack (section 11.5.4): a concept shifted along an input
+    direction, 15 examples per set, so per-layer CAVs are noisy. ``residual`` makes each layer
+    ``A_l = I + residual * N(0, 1/d)`` (layers share a basis, as an LLM's residual stream does,
+    which identity dim_align assumes); ``None`` gives independent random ``A_l``."""
+    g = torch.Generator().manual_seed(seed)
+    eye = torch.eye(d, dtype=torch.float64)
+    A = [(eye + residual * torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5) if residual is not None
+         else torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5 * 1.4 for _ in range(L)]
+    u = torch.randn(d, generator=g, dtype=torch.float64)
+    direction = torch.randn(d, generator=g, dtype=torch.float64)
+    direction /= direction.norm()
+    table = {f"c{i}": (torch.randn(d, generator=g, dtype=torch.float64) + shift * direction)[None] for i in range(n_set)}
+    table.update({f"r{i}": torch.randn(1, d, generator=g, dtype=torch.float64) for i in range(n_pool)})
+    table.update({f"t{i}": torch.randn(1, d, generator=g, dtype=torch.float64) for i in range(n_targets)})
+    model = StackModel(Stack(A, u), table)
+    config = {
+        "concepts": [{"name": "shifted", "examples": [f"c{i}" for i in range(n_set)]}],
+        "targets": [f"t{i}" for i in range(n_targets)],
+        "objective": {"kind": "token_logit", "token": 0},
+        "sites": model.sites(),
+        "random_pool": [f"r{i}" for i in range(n_pool)],
+        "random_size": n_set,
+        "n_random": 10,
+        "seed": seed,
+        "min_cav_accuracy": 0.0,
+        "test": "two_sample_random",
+    }
+    return model, config

@@ -42,7 +42,7 @@ def test_concept_template_defaults_to_the_target_template(tiny):
     site = default_site(tiny)
     with warnings.catch_warnings():
         warnings.simplefilter("error", PositionMismatchWarning)
-        result = ck.method("tcav").run(tiny, _config(relative=True, target_template=TEMPLATE, probe="mean_diff", balance="none", subsample=1.0))
+        result = ck.method("tcav").run(tiny, _config(relative=True, target_template=TEMPLATE, probe="mean_diff", standardize=False, balance="none", subsample=1.0))
     assert result.conventions["concept_template"] == TEMPLATE and not result.conventions["position_warning"]
     acts = tiny.capture([TEMPLATE.format(e) for e in POS + NEG], [site])[site].double()
     pos, neg = acts[: len(POS)], acts[len(POS):]

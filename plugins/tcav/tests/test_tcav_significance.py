@@ -39,9 +39,10 @@ def test_run_level_two_sample_test_is_anticonservative():
 
 
 def test_planted_concept_is_detected_with_p_below_001(vector_model):
-    """The spec's planted concept under the default test and probe: score > 0.9, p < 0.01, 'above random'."""
+    """The spec's planted concept under the default test (logistic probe: mean_diff CAVs of this toy are
+    too often at chance and the row is, rightly, not tested): score > 0.9, p < 0.01, 'above random'."""
     model, config = planted_model(vector_model, seed=0, null=False, n_random=10)
-    result = ck.method("tcav").run(model, config)
+    result = ck.method("tcav").run(model, dict(config, probe="logistic"))
     row = result.row("planted")
     assert row.mean > 0.9 and row.p_value < 0.01 and row.significant and row.direction == "above"
     assert "above random" in result.summary() and "monte_carlo" in result.summary()
@@ -95,8 +96,18 @@ def test_identical_runs_give_no_t_test_and_no_scipy_warning():
 def test_quality_filter_is_the_same_for_concept_and_random_cavs(vector_model):
     """The random side's CAVs are dropped by the same accuracy rule, and the counts are reported."""
     model, config = planted_model(vector_model, seed=0, null=False, n_random=6)
-    result = ck.method("tcav").run(model, dict(config, n_null=49, min_cav_accuracy=0.7))
+    result = ck.method("tcav").run(model, dict(config, n_null=49, min_cav_accuracy=0.6, probe="logistic"))
     row = result.row("planted")
-    assert row.random_side["n_cavs"] == 49 * 6 and row.random_side["n_dropped"] > 0
-    strict = ck.method("tcav").run(model, dict(config, n_null=49, min_cav_accuracy=0.0)).row("planted")
+    assert row.tested and row.random_side["n_cavs"] == 49 * 6 and row.random_side["n_dropped"] > 0
+    strict = ck.method("tcav").run(model, dict(config, n_null=49, min_cav_accuracy=0.0, probe="logistic")).row("planted")
     assert strict.random_side["n_dropped"] == 0 and strict.n_chance_cavs == 0
+
+
+def test_t_tests_equal_scipys():
+    """The t-test options give scipy.stats' p-values (Student, Welch, one-sample vs 0.5)."""
+    from scipy import stats
+
+    x, y = [0.9, 0.7, 0.8, 1.0, 0.6, 0.85], [0.5, 0.4, 0.65, 0.55, 0.3]
+    assert t_test(x, y, "two_sample_random").p_value == pytest.approx(stats.ttest_ind(y, x).pvalue, rel=1e-9)
+    assert t_test(x, y, "two_sample_random", equal_var=False).p_value == pytest.approx(stats.ttest_ind(y, x, equal_var=False).pvalue, rel=1e-9)
+    assert t_test(x, None, "one_sample_0.5").p_value == pytest.approx(stats.ttest_1samp(x, 0.5).pvalue, rel=1e-9)
