@@ -180,3 +180,28 @@ def test_virtual_site_spec_from_data(tmp_path) -> None:
     with model.add_virtual_sites({"kind": "sae", "sae": str(folder), "site": SITE}):
         acts = model.capture(TEXTS[:2], [SITE, names()[2]], reduce="all")
     torch.testing.assert_close(acts[names()[2]], sae.encode(acts[SITE]), atol=1e-6, rtol=0)
+
+
+def test_generation_policy_reads_latents_and_steers_with_them() -> None:
+    """A generation policy reads SAE latents each step; SAEFeatures returned by it act on the next token."""
+    import conceptkit as ck
+
+    model = load_cached("tiny-llama", "transformers")
+    sae = tiny_sae("topk")
+
+    class Watch(ck.GenerationPolicy):
+        reads = [names()[2]]
+
+        def start(self, prompt_ids, attention_mask) -> None:  # type: ignore[no-untyped-def]
+            self.seen: list[torch.Tensor] = []
+
+        def step(self, state):  # type: ignore[no-untyped-def]
+            self.seen.append(state.reads[names()[2]])
+            return [SAEFeatures(sae=sae, features=[0, 1, 2], mode="clamp", value=40.0)]
+
+    policy = Watch()
+    with model.attach_sae(sae):
+        plain = model.generate(["the cat"], max_new_tokens=4)
+        steered = model.generate(["the cat"], max_new_tokens=4, policy=policy)
+    assert policy.seen and all(r.shape == (1, sae.d_sae) and int((r > 0).sum()) <= 8 for r in policy.seen)
+    assert list(steered) != list(plain)
