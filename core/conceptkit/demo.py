@@ -2,8 +2,10 @@
 
 Does sentiment drive the model's " positive" vs " negative" answer after a review? Relative TCAV
 (positive vs negative sentiment) at four layers, then the plain concept-vs-random test for
-sentiment and a topic. Uses the method registered as ``tcav`` (the core imports no plugin); if it
-is not installed, the demo says how to install it and shows what the core alone does.
+sentiment and a topic, both with TCAV's calibrated Monte Carlo test. Activations and gradients
+are cached (``conceptkit tcav-cache info``), so a second run takes a fraction of the first.
+Uses the method registered as ``tcav`` (the core imports no plugin); if it is not installed,
+the demo says how to install it and shows what the core alone does.
 """
 
 from __future__ import annotations
@@ -46,14 +48,16 @@ def run_demo(store_path: str | None, out_dir: Path, backend: str = "transformer_
         "n_random": 10,
     }
     echo("\n[1/2] relative TCAV: positive vs negative sentiment, target logit(' positive') - logit(' negative'),")
-    echo(f"      {len(targets)} held-out positive reviews, layers 6, 12, 18, 24 ...")
+    echo(f"      {len(targets)} held-out positive reviews, layers 6, 12, 18, 24; concepts in the same template as the targets;")
+    echo("      calibrated test: the experiment replayed 200 times with the concept labels permuted ...")
     relative = tcav.run(model, {**common, "concepts": ["positive_sentiment", "negative_sentiment"], "relative": True,
                                 "sites": [f"blocks.{layer}.hook_resid_post" for layer in (6, 12, 18, 24)]}, store=store)
     echo(relative.summary())
     plot1 = relative.plot(out_dir / "tcav_relative_sentiment.png")
 
-    echo("\n[2/2] TCAV against 10 random sets of neutral sentences at layer 18: sentiment and a topic ...")
-    plain = tcav.run(model, {**common, "concepts": ["positive_sentiment", "topic_food"], "sites": ["blocks.18.hook_resid_post"]}, store=store)
+    echo("\n[2/2] TCAV against 10 random sets of neutral sentences at the default site (layer 18): sentiment and a topic;")
+    echo("      calibrated test: 200 replays with pseudo-concepts drawn from the pool ...")
+    plain = tcav.run(model, {**common, "concepts": ["positive_sentiment", "topic_food"]}, store=store)
     echo(plain.summary())
     plot2 = plain.plot(out_dir / "tcav_vs_random.png")
 
