@@ -6,6 +6,10 @@ captum needs fixed-length inputs (it flattens the layer), so every text is token
 tokens for both; conceptkit uses its default `last`-token reduction, captum its `flatten`.
 The score *arithmetic* is identical given equal CAVs (tests/test_tcav_captum_parity.py); here
 the CAVs differ (reduction and probe), so the scores are reported side by side, not equated.
+The comparison uses TF's run-level test (captum has none built in), so both do the same work.
+
+Then the cache: the default TCAV run (calibrated Monte Carlo test) on an empty activation and
+gradient cache, and again on the filled one (only the probes, replays and scores are redone).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def main() -> None:
     config = {
         "concepts": [{"name": "positive", "examples": concept}], "targets": targets, "target_template": template,
         "sites": [SITE], "n_random": 20, "random_size": 40, "probe": "sgd_hinge", "standardize": True,
+        "test": "two_sample_random", "min_cav_accuracy": 0.0, "concept_template": "{}", "cache": False,
     }
     t0 = time.perf_counter()
     ours = ck.method("tcav").run(model, config)
@@ -73,6 +78,32 @@ def main() -> None:
     print(f"  conceptkit TCAV: {ck_s:6.1f} s   concept score {row.mean:.3f} ± {row.std:.3f}, p = {row.p_value:.2e}")
     print(f"  captum TCAV:     {captum_s:6.1f} s   concept score {sum(captum_concept) / 20:.3f}, random-random {sum(captum_random) / 19:.3f}")
     print(f"  speed-up: {captum_s / ck_s:.1f}x (target >= 10x)")
+    cache_timing(model)
+
+
+def cache_timing(model: ck.Model) -> None:
+    """First run on an empty TCAV cache vs a second run that reuses it (and a third with another test)."""
+    from pathlib import Path
+
+    from conceptkit_tcav import cache
+
+    config = {
+        "concepts": ["positive_sentiment", "topic_food"], "targets": list(concepts.load("review_targets_positive").examples),
+        "target_template": "Review: {}\nSentiment:",
+    }
+    original = cache.cache_root
+    with tempfile.TemporaryDirectory() as tmp:
+        cache.cache_root = lambda: Path(tmp)
+        try:
+            times = []
+            for extra in ({}, {}, {"test": "two_sample_random", "seed": 1}):
+                t0 = time.perf_counter()
+                ck.method("tcav").run(model, {**config, **extra})
+                times.append(time.perf_counter() - t0)
+        finally:
+            cache.cache_root = original
+    print(f"  default TCAV, 2 concepts, layer 18: first run {times[0]:6.1f} s, second (cached) {times[1]:6.1f} s "
+          f"({times[0] / times[1]:.1f}x), another test + seed from the cache {times[2]:5.1f} s")
 
 
 if __name__ == "__main__":
