@@ -379,7 +379,7 @@ class Model:
         ``v`` of the reduced activation (see :func:`conceptkit.data.scatter_grad_reduction`).
         Parameters get no ``.grad``.
         """
-        from conceptkit.objectives import as_objective
+        from conceptkit.objectives import BoundObjective, as_objective
 
         if Capability.GRADIENTS not in self.capabilities:
             from conceptkit.errors import CapabilityError
@@ -391,7 +391,7 @@ class Model:
         site = self.resolve_site(site)
         parsed = iv.parse_all(interventions)
         # Objective data travels in the plan as data (executors elsewhere rebuild it); callables are local.
-        request = GradRequest(site, getattr(obj, "objective", obj), reduce, return_activations)
+        request = GradRequest(site, obj.objective if isinstance(obj, BoundObjective) else obj, reduce, return_activations)
         grads, acts = [], []
         for batch in self.batches(inputs, batch_size, padding_side):
             result = self.execute(Plan(batch, interventions=parsed, grad=request))
