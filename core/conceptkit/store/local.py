@@ -400,8 +400,11 @@ class LocalStore:
                 else:
                     written_dirs.add(self._write_blob(record, blob).parent)
                     fresh.append((record, tensors))
-            for d in written_dirs:
-                _fsync_dir(d)
+            try:
+                for d in written_dirs:
+                    _fsync_dir(d)
+            except OSError as exc:
+                raise StoreError(f"could not make the new blobs durable ({exc.strerror or exc}); nothing was stored (`gc` removes the blobs)") from None
             committed: list[Record] = []
             with self._lock(exclusive=True, name=".commit.lock"), self._tx() as db:
                 for record, tensors in fresh:
