@@ -212,3 +212,17 @@ def test_generation_policy_reads_virtual_sites(virtual):
     with assert_no_hook_leak(model):
         model.generate(["hello", "hi there"], max_new_tokens=3, policy=policy)
     assert len(policy.pairs) == 3 and all(torch.equal(d, 2 * b) for b, d in policy.pairs)
+
+
+def test_pattern_without_eager_attention_is_a_clear_error(models):
+    """On an HF model running SDPA, reading attn.hook_pattern says eager attention is needed."""
+    model = models("tiny-llama", "transformers")
+    before = model.hook_registry()
+    model.hf.set_attn_implementation("sdpa")
+    try:
+        with pytest.raises(InputError, match="blocks.0.attn.hook_pattern needs eager attention; this model runs 'sdpa'"):
+            model.capture(["hello"], ["blocks.0.attn.hook_pattern"])
+    finally:
+        model.hf.set_attn_implementation("eager")
+    assert model.hook_registry() == before
+    assert model.capture(["hello"], ["blocks.0.attn.hook_pattern"])["blocks.0.attn.hook_pattern"].shape[1] == 4
