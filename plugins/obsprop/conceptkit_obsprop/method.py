@@ -8,6 +8,7 @@ also be found by greedy path patching from one prompt pair.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import conceptkit as ck
@@ -55,6 +56,14 @@ class ObsProp(ck.Method):
             neg = trace(model, config.prompt_pair[1], with_pattern=with_pattern, dtype=circuit.dtype)
         seed = pos if config.tangent_prompt == "positive" else neg
 
+        processed = config.weights_processed or (getattr(model.ref, "processing", None) or "none") != "none"
+        if processed and config.node_norm != "none":
+            warnings.warn(
+                f"model {model.name!r} has processed weights (gains folded into the next weights): node_norm="
+                f"{config.node_norm!r} applies each norm's gain a second time",
+                UserWarning,
+                stacklevel=3,
+            )
         result = ObsPropResult(observables=labels, n_layers=circuit.n_layers, n_heads=circuit.n_heads, prompt_pair=config.prompt_pair)
         result.conventions = {
             "ln_mode": config.ln_mode,
@@ -62,7 +71,7 @@ class ObsProp(ck.Method):
             "mlp_mode": config.mlp_mode,
             "normalize": config.normalize,
             "norm_kind": circuit.norm_kind,
-            "weights_processed": config.weights_processed,
+            "weights_processed": processed,
             "gqa_group": circuit.group,
             "score": "y · x at the earliest node's input residual (resid_pre for heads, resid_mid for MLPs)",
             "coupling": "C(y1, y2) = y1·y2 / |y1|^2",

@@ -45,6 +45,25 @@ class ObsPropResult(ck.Result):
             raise KeyError(f"no feature for observable {observable!r} along {path!r}; have {sorted(self.vectors)}")
         return torch.tensor(self.vectors[key])
 
+    def scorable(self, keys: list[str] | None = None) -> list[Any]:
+        """The stored features (``"observable|path"`` keys, default all) as objects for :mod:`scoring`."""
+        from conceptkit_obsprop.features import Feature
+
+        rows = {f"{f.observable}|{f.path}": f for f in self.features}
+        out = []
+        for key in keys or list(rows):
+            if key not in rows:
+                raise KeyError(f"no feature {key!r}; have {sorted(rows)}")
+            f = rows[key]
+            out.append(Feature(observable=f.observable, path=[], y=self.vector(f.observable, f.path), norm=f.norm, site=f.site, token=f.token))
+        return out
+
+    def score(self, model: Any, inputs: Any, keys: list[str] | None = None, *, chunk: int = 16, batch_size: int = 8) -> Any:
+        """Scores ``[n_tokens, n_features]`` of every real token of ``inputs`` (texts, streamed in chunks)."""
+        from conceptkit_obsprop.scoring import chunks, score_tokens
+
+        return score_tokens(model, self.scorable(keys), chunks(list(inputs), chunk), batch_size=batch_size)
+
     # -- text ---------------------------------------------------------------------------------------
     def summary(self) -> str:
         c = self.conventions

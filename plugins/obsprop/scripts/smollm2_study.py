@@ -103,6 +103,9 @@ def main() -> None:
     torch.manual_seed(0)
     report: dict = {}
 
+    def save() -> None:  # after every section, so a late failure loses nothing
+        (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+
     log("loading smollm2-135m (nnsight)")
     m = ck.load_model("smollm2-135m", backend="nnsight")
     c = Circuit(m)
@@ -153,6 +156,7 @@ def main() -> None:
             print(f"   greedy search, length {level}: " + "; ".join(f"{q['label']} ({q['contrib']:.3f})" for q in paths[:3]))
     report["rankings"] = tables
     report["path_search"] = search
+    save()
     top_df = [(l, h) for l, h, _ in tables["subject"]["data_free"]]
     top_pp = [(l, h) for l, h, _ in tables["subject"]["path_patching"]]
     common_df = len(set(top_df[:10]) & set(top_pp[:10]))
@@ -172,6 +176,7 @@ def main() -> None:
     for r in cos_rows:
         print(f"  {r['ranking']:<14} {r['layer']:>2}.{r['head']:<2} cos {r['cosine']:.4f}  with norm factors {r['cosine_with_norms']:.4f}")
     report["cosines"] = {"raw_observables": raw_cos, "raw_observables_after_ln_f_gain": raw_cos_ln, "heads": cos_rows}
+    save()
 
     # -- 3. coupling vs measured slope over the corpus ------------------------------------------------------
     heads3 = list(dict.fromkeys(top_df[:3] + top_pp[:3]))
@@ -211,6 +216,7 @@ def main() -> None:
         print(f"  {l:>2}.{h:<3} {row['C_raw']:7.3f} {row['C_ln']:10.3f} {row['fit_raw']['slope']:9.3f} {row['fit_raw']['r2']:6.3f} "
               f"{row['fit_ln']['slope']:14.3f} {row['fit_ln']['r2']:6.3f} {row['fit_ln_without_first_token']['slope']:16.3f}")
     report["coupling"] = {"corpus": corpus_name, "n_tokens": n_tok, "heads": couplings}
+    save()
 
     # -- 4. low-data comparison -------------------------------------------------------------------------------------------
     log("low-data comparison")
@@ -263,6 +269,7 @@ def main() -> None:
         for r in rows:
             print(f"  {r['layer']:>2}.{r['head']:<2} {r['method']:<26} r = {r['pearson_r']:6.3f}   AUC(sign) = {r['auc_sign']:.3f}")
     report["low_data"] = low
+    save()
 
     # -- plots of the rankings -----------------------------------------------------------------------------------------
     from conceptkit_obsprop.result import ObsPropResult
@@ -293,7 +300,7 @@ def main() -> None:
         print("\n== backend parity (max abs difference, TransformerLens vs nnsight): " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
         report["parity"] = diffs
 
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    save()
     log(f"wrote {out / 'results.json'}")
 
 

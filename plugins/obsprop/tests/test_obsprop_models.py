@@ -245,9 +245,14 @@ def test_results_are_stored_with_provenance_and_score_like_captures(ck_store, tm
     assert result.plot(tmp_path / "norms.png").exists()
     assert "top heads" in result.summary()
 
+    texts = ["hello there", "a cat", "some more words here"]
+    key = f"{record.metrics['observable']}|{record.metrics['path']}"
+    from_result = result.score(m, texts, [key], chunk=2)
+    site_acts = m.capture(texts, [record.site], reduce="all")[record.site]
+    assert torch.allclose(from_result[:, 0], site_acts @ tensors["feature"], atol=1e-5)
+
     c = Circuit(m)
     feat = path_feature(c, final_feature(c, _n(m), "approx"), [Node(layer=1, sublayer="attn", head=0)])
-    texts = ["hello there", "a cat", "some more words here"]
     scores = score_tokens(m, [feat], chunks(texts, 2), batch_size=2)
     acts = m.capture(texts, [feat.site], reduce="all")[feat.site]
     assert torch.allclose(scores[:, 0], acts @ feat.y, atol=1e-5)
