@@ -83,7 +83,10 @@ def _objects():
     ]
 
 
-@pytest.mark.parametrize("index", range(6), ids=[o[0] for o in [("TransformerBridge",), ("LanguageModel",), ("LanguageModel(path)",), ("TransformersModel",), ("NNsight",), ("PreTrainedModel",)]])
+KINDS = ["TransformerBridge", "LanguageModel", "LanguageModel(path)", "TransformersModel", "NNsight", "PreTrainedModel"]
+
+
+@pytest.mark.parametrize("index", range(len(KINDS)), ids=KINDS)
 def test_wrap_recognises_every_kind_and_matches_load_model(reference, index):
     """Each real object is recognised by its backend, wraps without a convention warning when
     given the checkpoint's tokenizer (or none to find), and gives load_model's tensors exactly,
