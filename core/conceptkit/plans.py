@@ -58,7 +58,8 @@ class GradRequest:
 
 @dataclass
 class Plan:
-    """One forward pass over one batch (see the module docstring)."""
+    """One forward pass over one batch (see the module docstring). Reads are keyed by site:
+    one read per site. Interventions apply in order, before the reads at the same site."""
 
     batch: Batch
     reads: list[Read] = field(default_factory=list)
