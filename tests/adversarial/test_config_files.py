@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import conceptkit as ck
 from conceptkit.config_io import apply_overrides, load_config_file
 from conceptkit.errors import ConfigError
