@@ -108,13 +108,29 @@ def models(as_json: bool) -> None:
 
 
 # -- run ------------------------------------------------------------------------------------------
+def _field_default(field: Any) -> str:
+    """The real default of a config field as help shows it: factories are called (a
+    ``default_factory`` shows as null in the JSON schema), ``None`` reads as "none"."""
+    from pydantic_core import PydanticUndefined
+
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if value is PydanticUndefined or value is None:
+        return "default: none"
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    text = json.dumps(value, default=str)
+    return f"default: {text if len(text) <= 80 else text[:77] + '...'}"
+
+
 def _schema_help(method_cls: type) -> str:
     schema = method_cls.Config.model_json_schema()
     lines = ["Config fields (YAML/JSON file or --set key=value):"]
-    required = set(schema.get("required", []))
+    fields = method_cls.Config.model_fields
     for name, prop in schema.get("properties", {}).items():
         kind = prop.get("type") or " | ".join(p.get("type", "?") for p in prop.get("anyOf", [])) or "object"
-        default = "required" if name in required else f"default: {json.dumps(prop.get('default'))}"
+        default = _field_default(fields[name]) if name in fields else "required"
         desc = prop.get("description", "")
         lines.append(f"  {name} ({kind}; {default}) {desc}".rstrip())
     return (method_cls.description or "") + "\n\n\b\n" + "\n".join(lines)

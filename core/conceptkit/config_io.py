@@ -77,10 +77,14 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {shorten(item, 200)!r}")
         try:
-            value = safe_yaml(raw, f"--set {shorten(key, 80)}") if raw.strip() else ""
+            value = safe_yaml(raw, f"--set {shorten(key, 80)}") if raw.strip() else raw
         except ConfigError:
             raise
         except Exception:
+            value = raw
+        if isinstance(value, str) and raw != raw.strip() and value == raw.strip():
+            # YAML strips the whitespace around a plain scalar; on the command line it is meant
+            # (--set token=" good": SmolLM2's " good" and "good" are different tokens).
             value = raw
         node = out
         parts = key.strip().split(".")

@@ -105,15 +105,32 @@ def validate_config(config_cls: type[MethodConfig], value: Any, method: str) -> 
     try:
         return config_cls.model_validate(value)
     except pydantic.ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, method)) from None
+        raise ConfigError(format_validation_error(exc, method, config_cls)) from None
 
 
-def format_validation_error(exc: pydantic.ValidationError, method: str) -> str:
+def _field_names(cls: type[pydantic.BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model that rejected an unknown key (for a "did you mean")."""
+    if cls is None:
+        return []
+    for part in loc[:-1]:  # descend into nested models where the location names one
+        field = cls.model_fields.get(str(part)) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, pydantic.BaseModel):
+            cls = ann
+    return list(cls.model_fields)
+
+
+def format_validation_error(exc: pydantic.ValidationError, method: str, config_cls: type[pydantic.BaseModel] | None = None) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<config>"
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown field {loc!r}")
+            import difflib
+
+            known = _field_names(config_cls, err["loc"])
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=3, cutoff=0.6) if known else []
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            parts.append(f"unknown field {loc!r}{hint}")
         elif err["type"] == "missing":
             parts.append(f"missing required field {loc!r}")
         else:

@@ -295,7 +295,11 @@ def load_model(name: str, backend: str = "transformer_lens", **kwargs: Any) -> M
     """Load a named model (``conceptkit models`` lists them) or a local path / HF id."""
     from conceptkit.plugin_manager import get_manager
 
-    models = get_manager().registry.models
+    registry = get_manager().registry
+    models = registry.models
+    known_backends = [b for b, _, _ in registry.backends]
+    if backend not in known_backends:
+        raise UnknownNameError("backend", backend, known_backends)
     if name in models:
         entry = models[name]
         # A registered third-party backend can serve every model that loads through HF.

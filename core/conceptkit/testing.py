@@ -36,6 +36,7 @@ def assert_no_hook_leak(model: Any) -> Iterator[None]:
 
 @pytest.fixture
 def ck_store(tmp_path: Any) -> Any:
+    """A fresh, empty store in the test's temporary folder, closed after the test."""
     from conceptkit.store import open_store
 
     store = open_store(tmp_path / "store")
@@ -48,6 +49,11 @@ _MODEL_CACHE: dict[tuple[str, str], Any] = {}
 
 @pytest.fixture
 def ck_tiny_model() -> Callable[..., Any]:
+    """A loader of tiny random named models: ``ck_tiny_model("tiny-gpt2", backend="nnsight")``.
+
+    Models are built once per test session and shared (seeded, so every build is identical);
+    a test that edits weights should restore them or load its own model.
+    """
     def load(name: str = "tiny-llama", backend: str = "transformer_lens") -> Any:
         key = (name, backend)
         if key not in _MODEL_CACHE:
@@ -61,11 +67,17 @@ def ck_tiny_model() -> Callable[..., Any]:
 
 @pytest.fixture
 def ck_registered_plugin() -> Callable[..., Any]:
+    """The :func:`registered_plugin` context manager: register a plugin object for one block.
+
+    Example: ``with ck_registered_plugin(MyPlugin(), "my-plugin"): ck.method("mine")``.
+    """
     return registered_plugin
 
 
 @pytest.fixture
 def ck_hook_leak_check() -> Iterator[Callable[[Any], None]]:
+    """Call it with a model; at teardown the test fails if the model's hook registry differs
+    from when the call was made (a hook added and never removed, or one removed too many)."""
     watched: list[tuple[Any, list]] = []
 
     def watch(model: Any) -> None:
