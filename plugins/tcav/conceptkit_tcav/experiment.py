@@ -59,9 +59,9 @@ class Runs:
 def fit_runs(pos: torch.Tensor, neg: torch.Tensor, G: torch.Tensor, recipe: Recipe, seed: int, negate: bool = False,
              check_finite: bool = True) -> Runs:
     """CAVs for ``pos [P, n1, d]`` vs ``neg [P, n0, d]`` and their scores on gradients ``G [N, d]``."""
-    from conceptkit.probes import fit_probes  # TODO(public-surface): export fit_probes from conceptkit.api
+    from conceptkit.api import probes  # fit_probes is not yet a top-level public name
 
-    batch = fit_probes(
+    batch = probes.fit_probes(
         pos, neg, recipe.kind, C=recipe.C, class_weight=recipe.class_weight, standardize=recipe.standardize,  # type: ignore[arg-type]
         test_size=recipe.test_size, seed=seed, normalize=recipe.normalize, check_finite=check_finite,
     )
@@ -152,7 +152,7 @@ def replays(
     d = pos_rows.shape[1]
     per_chunk = max(1, _CHUNK_NUMBERS // (runs * (n1 + n0) * d))
     if not (bool(torch.isfinite(pos_rows).all()) and bool(torch.isfinite(neg_rows).all())):
-        from conceptkit.errors import InputError
+        from conceptkit.api import InputError
 
         raise InputError("activations contain NaN or Inf")
     stats: list[tuple[float, float]] = []

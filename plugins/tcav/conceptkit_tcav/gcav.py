@@ -217,7 +217,7 @@ def tgcav(
         tcav_scores = torch.stack([sign_scores(grads[l], cavs[l], count_negative) for l in range(L)])
     if dim_align == "identity":
         if len({c.shape[1] for c in cavs}) != 1:
-            from conceptkit.errors import InputError
+            from conceptkit.api import InputError
 
             raise InputError(f"dim_align='identity' needs equal widths at every site, got {[c.shape[1] for c in cavs]}")
         coders: list[Any] = [IdentityCoder() for _ in range(L)]
@@ -228,7 +228,7 @@ def tgcav(
         negatives = torch.stack([coders[l].encode(random_cavs[l].float()) for l in range(L)]) if random_cavs else None
     if do_align:
         if negatives is None:
-            from conceptkit.errors import InputError
+            from conceptkit.api import InputError
 
             raise InputError("cross-layer alignment needs random-random CAVs as negatives")
         aligned = align(codes, negatives, epochs=align_epochs, tau=tau, seed=seed)

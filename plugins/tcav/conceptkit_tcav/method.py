@@ -14,11 +14,11 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import conceptkit as ck
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 from conceptkit_tcav.config import DEFAULT_DEPTH, ConceptSpec, TCAVConfig
 
 if TYPE_CHECKING:  # the heavy modules (torch, sklearn) load when the method runs, not when listed
-    from conceptkit import concepts as library
+    from conceptkit.api import concepts as library
     from conceptkit_tcav.result import TCAVResult
 
 ANTICONSERVATIVE = "anticonservative: treats runs that share the concept's examples as independent"
@@ -40,7 +40,7 @@ def default_site(model: ck.Model) -> str:
 
 
 def _concept(spec: str | ConceptSpec) -> "library.ConceptSet":
-    from conceptkit import concepts as library
+    from conceptkit.api import concepts as library
 
     if isinstance(spec, ConceptSpec):
         return library.from_examples(spec.name, spec.examples)
@@ -48,7 +48,7 @@ def _concept(spec: str | ConceptSpec) -> "library.ConceptSet":
 
 
 def _pool(spec: str | list[str]) -> "library.ConceptSet":
-    from conceptkit import concepts as library
+    from conceptkit.api import concepts as library
 
     if isinstance(spec, list):
         if not spec:
@@ -59,7 +59,7 @@ def _pool(spec: str | list[str]) -> "library.ConceptSet":
 
 def _objective(config: TCAVConfig, model: ck.Model) -> Any:
     """The scalar whose gradient TCAV uses; validated here, before any compute."""
-    from conceptkit.objectives import TokenLogit, as_objective
+    from conceptkit.api import TokenLogit, as_objective
 
     if config.gradient_of == "target":
         return as_objective(dict(config.objective), model)

@@ -65,7 +65,7 @@ class TCAVResult(ck.Result):
         lines = [head, how]
         if c.get("position_warning"):
             lines.append("warning: " + c["position_warning"])
-        lines.append(f"{'concept':<22} {'site':<26} {'score':>6} {'± std':>6}  {'direction':<16} {'p-value':>8}  sig  {'CAV acc':>7}  dropped c/r")
+        lines.append(f"{'concept':<22} {'site':<26} {'score':>6} {'± std':>6}  {'direction':<22} {'p-value':>8}  sig  {'CAV acc':>7}  dropped c/r")
         for r in self.rows:
             if r.baseline:
                 continue
@@ -77,7 +77,7 @@ class TCAVResult(ck.Result):
                 flag = "yes" if r.significant else "no "
             else:
                 direction, p, flag = "-", f"{'-':>8}", " - "
-            lines.append(f"{r.concept:<22} {r.site:<26} {r.mean:6.3f} {r.std:6.3f}  {direction:<16} {p}  {flag}  {r.cav_accuracy:7.3f}  {dropped}")
+            lines.append(f"{r.concept:<22} {r.site:<26} {r.mean:6.3f} {r.std:6.3f}  {direction:<22} {p}  {flag}  {r.cav_accuracy:7.3f}  {dropped}")
             if r.same_test_as:
                 lines.append(f"{'':<22} (the same test as {r.same_test_as}, seen from the other side: one hypothesis, reported once)")
             if not r.tested:
