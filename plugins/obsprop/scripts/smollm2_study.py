@@ -97,14 +97,19 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=51_200)
     ap.add_argument("--pairs", type=int, default=24)
     ap.add_argument("--skip-parity", action="store_true")
+    ap.add_argument("--section", choices=["all", "rankings", "coupling", "lowdata", "parity"], default="all",
+                    help="run one section (in parallel processes); the others take the heads from results_rankings.json "
+                         "in --out if it exists, else the data-free top heads")
     args = ap.parse_args()
+    want = lambda name: args.section in ("all", name)  # noqa: E731
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     report: dict = {}
 
     def save() -> None:  # after every section, so a late failure loses nothing
-        (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+        name = "results.json" if args.section == "all" else f"results_{args.section}.json"
+        (out / name).write_text(json.dumps(report, indent=1, default=str))
 
     log("loading smollm2-135m (nnsight)")
     m = ck.load_model("smollm2-135m", backend="nnsight")
@@ -113,173 +118,187 @@ def main() -> None:
     V = c.W_U.shape[1]
     ns = {k: observable_vector(o, tok, V) for k, o in OBS.items()}
 
-    # -- 1. rankings -------------------------------------------------------------------------------
-    log("data-free ranking")
-    t0 = time.perf_counter()
-    scale_traces = [trace(m, p.text, with_pattern=False) for f, mm in pairs(tok, "subject", 6) for p in (f, mm)]
-    norms = {k: head_feature_norms(c, n) for k, n in ns.items()}
-    norms_ln = {k: head_feature_norms(c, n, with_norms=True, traces=scale_traces) for k, n in ns.items()}
-    report["data_free_seconds"] = time.perf_counter() - t0
-    log("path patching over prompt pairs")
-    patch = {}
-    search = {}
-    for task, n in ns.items():
-        total = torch.zeros(c.n_layers, c.n_heads, dtype=torch.float64)
-        ps = pairs(tok, task, args.pairs)
-        for i, (f, mm) in enumerate(ps):
-            pos, neg = trace(m, f.text), trace(m, mm.text)
-            y_f = final_feature(c, n, "approx", pos)
-            patcher = Patcher(c, pos, neg, y_f)
-            total += patcher.head_scores().double()
-            if i == 0:
-                t0 = time.perf_counter()
-                per_length, emb = patcher.search(3, 10)
-                search[task] = {
-                    "prompt_pair": [f.text, mm.text],
-                    "seconds": time.perf_counter() - t0,
-                    "paths": [[{"label": p.label, "contrib": p.contrib} for p in level[:5]] for level in per_length],
-                    "embedding": [{"label": p.label, "contrib": p.contrib} for p in emb[:3]],
-                }
-        patch[task] = total / len(ps)
-    tables = {}
-    for task in ns:
-        df = rank_heads(norms[task], 10)
-        dfl = rank_heads(norms_ln[task], 10)
-        pp = rank_heads(patch[task], 10)
-        tables[task] = {"data_free": df, "data_free_with_norms": dfl, "path_patching": pp}
-        print(f"\n== head rankings, {task} observable {OBS[task].label!r} (path patching: mean over {args.pairs} pairs)")
-        print(f"{'#':>2}  {'data-free':<18} {'with norm factors':<20} {'path patching':<18}")
-        for i in range(10):
-            a, b, p_ = df[i], dfl[i], pp[i]
-            print(f"{i + 1:>2}  {a[0]:>2}.{a[1]:<2} {a[2]:9.3f}    {b[0]:>2}.{b[1]:<2} {b[2]:9.3f}      {p_[0]:>2}.{p_[1]:<2} {p_[2]:9.4f}")
-        for level, paths in enumerate(search[task]["paths"], 1):
-            print(f"   greedy search, length {level}: " + "; ".join(f"{q['label']} ({q['contrib']:.3f})" for q in paths[:3]))
-    report["rankings"] = tables
-    report["path_search"] = search
-    save()
-    top_df = [(l, h) for l, h, _ in tables["subject"]["data_free"]]
-    top_pp = [(l, h) for l, h, _ in tables["subject"]["path_patching"]]
-    common_df = len(set(top_df[:10]) & set(top_pp[:10]))
-    print(f"\nsubject: heads in both top-10 lists: {common_df}; top-5 overlap {len(set(top_df[:5]) & set(top_pp[:5]))}")
+    if want("rankings"):
+        # -- 1. rankings -------------------------------------------------------------------------------
+        log("data-free ranking")
+        t0 = time.perf_counter()
+        scale_traces = [trace(m, p.text, with_pattern=False) for f, mm in pairs(tok, "subject", 6) for p in (f, mm)]
+        norms = {k: head_feature_norms(c, n) for k, n in ns.items()}
+        norms_ln = {k: head_feature_norms(c, n, with_norms=True, traces=scale_traces) for k, n in ns.items()}
+        report["data_free_seconds"] = time.perf_counter() - t0
+        log("path patching over prompt pairs")
+        patch = {}
+        search = {}
+        for task, n in ns.items():
+            total = torch.zeros(c.n_layers, c.n_heads, dtype=torch.float64)
+            ps = pairs(tok, task, args.pairs)
+            for i, (f, mm) in enumerate(ps):
+                pos, neg = trace(m, f.text), trace(m, mm.text)
+                y_f = final_feature(c, n, "approx", pos)
+                patcher = Patcher(c, pos, neg, y_f)
+                total += patcher.head_scores().double()
+                if i == 0:
+                    t0 = time.perf_counter()
+                    per_length, emb = patcher.search(3, 10)
+                    search[task] = {
+                        "prompt_pair": [f.text, mm.text],
+                        "seconds": time.perf_counter() - t0,
+                        "paths": [[{"label": p.label, "contrib": p.contrib} for p in level[:5]] for level in per_length],
+                        "embedding": [{"label": p.label, "contrib": p.contrib} for p in emb[:3]],
+                    }
+            patch[task] = total / len(ps)
+        tables = {}
+        for task in ns:
+            df = rank_heads(norms[task], 10)
+            dfl = rank_heads(norms_ln[task], 10)
+            pp = rank_heads(patch[task], 10)
+            tables[task] = {"data_free": df, "data_free_with_norms": dfl, "path_patching": pp}
+            print(f"\n== head rankings, {task} observable {OBS[task].label!r} (path patching: mean over {args.pairs} pairs)")
+            print(f"{'#':>2}  {'data-free':<18} {'with norm factors':<20} {'path patching':<18}")
+            for i in range(10):
+                a, b, p_ = df[i], dfl[i], pp[i]
+                print(f"{i + 1:>2}  {a[0]:>2}.{a[1]:<2} {a[2]:9.3f}    {b[0]:>2}.{b[1]:<2} {b[2]:9.3f}      {p_[0]:>2}.{p_[1]:<2} {p_[2]:9.4f}")
+            for level, paths in enumerate(search[task]["paths"], 1):
+                print(f"   greedy search, length {level}: " + "; ".join(f"{q['label']} ({q['contrib']:.3f})" for q in paths[:3]))
+        report["rankings"] = tables
+        report["path_search"] = search
+        save()
+        top_df = [(l, h) for l, h, _ in tables["subject"]["data_free"]]
+        top_pp = [(l, h) for l, h, _ in tables["subject"]["path_patching"]]
+        common_df = len(set(top_df[:10]) & set(top_pp[:10]))
+        print(f"\nsubject: heads in both top-10 lists: {common_df}; top-5 overlap {len(set(top_df[:5]) & set(top_pp[:5]))}")
 
-    # -- 2. cosines at the top-5 heads ---------------------------------------------------------------------
-    raw_cos = pb.cosine(c.W_U @ ns["subject"], c.W_U @ ns["object"])
-    raw_cos_ln = pb.cosine(c.pull_norm("ln_final", None, c.W_U @ ns["subject"], None, "approx"),
-                           c.pull_norm("ln_final", None, c.W_U @ ns["object"], None, "approx"))
-    cos_rows = []
-    for label, heads in (("data-free", top_df[:5]), ("path patching", top_pp[:5])):
-        for l, h in heads:
-            cos_rows.append({"ranking": label, "layer": l, "head": h,
-                             "cosine": pb.cosine(raw_feature(c, ns["subject"], l, h), raw_feature(c, ns["object"], l, h)),
-                             "cosine_with_norms": pb.cosine(ln_feature(c, ns["subject"], l, h), ln_feature(c, ns["object"], l, h))})
-    print(f"\n== subject vs object features: raw observables after W_U cosine {raw_cos:.4f} (after ln_f gains {raw_cos_ln:.4f})")
-    for r in cos_rows:
-        print(f"  {r['ranking']:<14} {r['layer']:>2}.{r['head']:<2} cos {r['cosine']:.4f}  with norm factors {r['cosine_with_norms']:.4f}")
-    report["cosines"] = {"raw_observables": raw_cos, "raw_observables_after_ln_f_gain": raw_cos_ln, "heads": cos_rows}
-    save()
+        # -- 2. cosines at the top-5 heads ---------------------------------------------------------------------
+        raw_cos = pb.cosine(c.W_U @ ns["subject"], c.W_U @ ns["object"])
+        raw_cos_ln = pb.cosine(c.pull_norm("ln_final", None, c.W_U @ ns["subject"], None, "approx"),
+                               c.pull_norm("ln_final", None, c.W_U @ ns["object"], None, "approx"))
+        cos_rows = []
+        for label, heads in (("data-free", top_df[:5]), ("path patching", top_pp[:5])):
+            for l, h in heads:
+                cos_rows.append({"ranking": label, "layer": l, "head": h,
+                                 "cosine": pb.cosine(raw_feature(c, ns["subject"], l, h), raw_feature(c, ns["object"], l, h)),
+                                 "cosine_with_norms": pb.cosine(ln_feature(c, ns["subject"], l, h), ln_feature(c, ns["object"], l, h))})
+        print(f"\n== subject vs object features: raw observables after W_U cosine {raw_cos:.4f} (after ln_f gains {raw_cos_ln:.4f})")
+        for r in cos_rows:
+            print(f"  {r['ranking']:<14} {r['layer']:>2}.{r['head']:<2} cos {r['cosine']:.4f}  with norm factors {r['cosine_with_norms']:.4f}")
+        report["cosines"] = {"raw_observables": raw_cos, "raw_observables_after_ln_f_gain": raw_cos_ln, "heads": cos_rows}
+        save()
+        from conceptkit_obsprop.result import ObsPropResult
 
-    # -- 3. coupling vs measured slope over the corpus ------------------------------------------------------
-    heads3 = list(dict.fromkeys(top_df[:3] + top_pp[:3]))
-    log(f"scoring >= {args.tokens} corpus tokens at heads {heads3}")
-    windows, corpus_name = corpus_windows(tok, args.tokens, context=128)
-    n_win = windows["input_ids"].shape[0]
-    feats = []
-    for l, h in heads3:
-        for kind, fn in (("raw", raw_feature), ("ln", ln_feature)):
-            for task in ("subject", "object"):
-                feats.append((l, h, kind, task, as_feature(fn(c, ns[task], l, h), l, h, task)))
-    chunks = [{"input_ids": windows["input_ids"][i:i + 16], "attention_mask": windows["attention_mask"][i:i + 16]} for i in range(0, n_win, 16)]
-    t0 = time.perf_counter()
-    S = score_tokens(m, [f[-1] for f in feats], chunks, batch_size=16)
-    report["scoring_seconds"] = time.perf_counter() - t0
-    n_tok = S.shape[0]
-    first = torch.zeros(n_tok, dtype=torch.bool)
-    first[torch.arange(0, n_tok, 128)] = True
-    log(f"scored {n_tok} tokens from {corpus_name} in {report['scoring_seconds']:.0f} s")
-    couplings = []
-    idx = {(l, h, k, t): i for i, (l, h, k, t, _) in enumerate(feats)}
-    print(f"\n== coupling subject -> object: predicted C vs best-fit slope over {n_tok} tokens ({corpus_name})")
-    print(f"  {'head':<6} {'C raw':>7} {'C w/ norms':>10} {'slope raw':>9} {'r2':>6} {'slope w/ norms':>14} {'r2':>6} {'slope (no pos 0)':>16}")
-    for l, h in heads3:
-        row = {"layer": l, "head": h}
-        for kind in ("raw", "ln"):
-            y1, y2 = feats[idx[(l, h, kind, "subject")]][-1].y, feats[idx[(l, h, kind, "object")]][-1].y
-            s1, s2 = S[:, idx[(l, h, kind, "subject")]], S[:, idx[(l, h, kind, "object")]]
-            row[f"C_{kind}"] = pb.coupling(y1.double(), y2.double())
-            row[f"fit_{kind}"] = fit_line(s1, s2)
-            row[f"fit_{kind}_without_first_token"] = fit_line(s1[~first], s2[~first])
-            if kind == "ln":
-                path = plot_coupling(s1.numpy(), s2.numpy(), row["fit_ln"], row["C_ln"], out / f"coupling_{l}_{h}.png",
-                                     f"SmolLM2 head {l}.{h}: subject vs object feature scores ({n_tok} tokens)")
-                row["plot"] = str(path)
-        couplings.append(row)
-        print(f"  {l:>2}.{h:<3} {row['C_raw']:7.3f} {row['C_ln']:10.3f} {row['fit_raw']['slope']:9.3f} {row['fit_raw']['r2']:6.3f} "
-              f"{row['fit_ln']['slope']:14.3f} {row['fit_ln']['r2']:6.3f} {row['fit_ln_without_first_token']['slope']:16.3f}")
-    report["coupling"] = {"corpus": corpus_name, "n_tokens": n_tok, "heads": couplings}
-    save()
+        res = ObsPropResult(observables=list(ns), n_layers=c.n_layers, n_heads=c.n_heads,
+                            head_norms={k: v.tolist() for k, v in norms.items()}, head_norms_ln={k: v.tolist() for k, v in norms_ln.items()})
+        report["plot_feature_norms"] = str(res.plot(out / "feature_norms.png"))
+        save()
+    else:
+        norms = {k: head_feature_norms(c, n) for k, n in ns.items()}
+        tables = {task: {"data_free": rank_heads(norms[task], 10)} for task in ns}
+        saved = out / "results_rankings.json"
+        for task in ns:
+            if saved.exists():
+                tables[task]["path_patching"] = [tuple(r) for r in json.loads(saved.read_text())["rankings"][task]["path_patching"]]
+            else:
+                tables[task]["path_patching"] = tables[task]["data_free"]
+        top_df = [(l, h) for l, h, _ in tables["subject"]["data_free"]]
+        top_pp = [(l, h) for l, h, _ in tables["subject"]["path_patching"]]
+        report["heads_from"] = str(saved) if saved.exists() else "data-free ranking (path patching not run)"
 
-    # -- 4. low-data comparison -------------------------------------------------------------------------------------------
-    log("low-data comparison")
-    from sklearn.linear_model import LogisticRegression
+    if want("coupling"):
+        # -- 3. coupling vs measured slope over the corpus ------------------------------------------------------
+        heads3 = list(dict.fromkeys(top_df[:3] + top_pp[:3]))
+        log(f"scoring >= {args.tokens} corpus tokens at heads {heads3}")
+        windows, corpus_name = corpus_windows(tok, args.tokens, context=128)
+        n_win = windows["input_ids"].shape[0]
+        feats = []
+        for l, h in heads3:
+            for kind, fn in (("raw", raw_feature), ("ln", ln_feature)):
+                for task in ("subject", "object"):
+                    feats.append((l, h, kind, task, as_feature(fn(c, ns[task], l, h), l, h, task)))
+        chunks = [{"input_ids": windows["input_ids"][i:i + 16], "attention_mask": windows["attention_mask"][i:i + 16]} for i in range(0, n_win, 16)]
+        t0 = time.perf_counter()
+        S = score_tokens(m, [f[-1] for f in feats], chunks, batch_size=16)
+        report["scoring_seconds"] = time.perf_counter() - t0
+        n_tok = S.shape[0]
+        first = torch.zeros(n_tok, dtype=torch.bool)
+        first[torch.arange(0, n_tok, 128)] = True
+        log(f"scored {n_tok} tokens from {corpus_name} in {report['scoring_seconds']:.0f} s")
+        couplings = []
+        idx = {(l, h, k, t): i for i, (l, h, k, t, _) in enumerate(feats)}
+        print(f"\n== coupling subject -> object: predicted C vs best-fit slope over {n_tok} tokens ({corpus_name})")
+        print(f"  {'head':<6} {'C raw':>7} {'C w/ norms':>10} {'slope raw':>9} {'r2':>6} {'slope w/ norms':>14} {'r2':>6} {'slope (no pos 0)':>16}")
+        for l, h in heads3:
+            row = {"layer": l, "head": h}
+            for kind in ("raw", "ln"):
+                y1, y2 = feats[idx[(l, h, kind, "subject")]][-1].y, feats[idx[(l, h, kind, "object")]][-1].y
+                s1, s2 = S[:, idx[(l, h, kind, "subject")]], S[:, idx[(l, h, kind, "object")]]
+                row[f"C_{kind}"] = pb.coupling(y1.double(), y2.double())
+                row[f"fit_{kind}"] = fit_line(s1, s2)
+                row[f"fit_{kind}_without_first_token"] = fit_line(s1[~first], s2[~first])
+                if kind == "ln":
+                    path = plot_coupling(s1.numpy(), s2.numpy(), row["fit_ln"], row["C_ln"], out / f"coupling_{l}_{h}.png",
+                                         f"SmolLM2 head {l}.{h}: subject vs object feature scores ({n_tok} tokens)")
+                    row["plot"] = str(path)
+            couplings.append(row)
+            print(f"  {l:>2}.{h:<3} {row['C_raw']:7.3f} {row['C_ln']:10.3f} {row['fit_raw']['slope']:9.3f} {row['fit_raw']['r2']:6.3f} "
+                  f"{row['fit_ln']['slope']:14.3f} {row['fit_ln']['r2']:6.3f} {row['fit_ln_without_first_token']['slope']:16.3f}")
+        report["coupling"] = {"corpus": corpus_name, "n_tokens": n_tok, "heads": couplings}
+        save()
 
-    low = {}
-    for task, (p_tok, n_tok_) in {"subject": (" she", " he"), "object": (" her", " him")}.items():
-        fem, mal = prompts(tok, task, "female"), prompts(tok, task, "male")
-        rng = random.Random(0)
-        train_names = set(rng.sample(sorted({p.name for p in fem}), 10)) | set(rng.sample(sorted({p.name for p in mal}), 10))
-        train = [p for p in fem + mal if p.name in train_names and p.template == 0]
-        held = [p for p in fem + mal if p.name not in train_names]
-        heads_task = [(l, h) for l, h, _ in tables[task]["path_patching"][:3]]
-        sites = sorted({f"blocks.{l}.hook_resid_pre" for l, _ in heads_task})
-        pid, nid = tok.encode(p_tok, add_special_tokens=False)[0], tok.encode(n_tok_, add_special_tokens=False)[0]
+    if want("lowdata"):
+        # -- 4. low-data comparison -------------------------------------------------------------------------------------------
+        log("low-data comparison")
+        from sklearn.linear_model import LogisticRegression
 
-        def acts_and_logits(ps):
-            acts = {s: [] for s in sites}
-            diffs = []
-            for t in range(3):
-                group = [p for p in ps if p.template == t]
-                if not group:
-                    continue
-                pos = group[0].name_position
-                cap = m.capture([p.text for p in group], sites, reduce=[pos], batch_size=32)
-                for s in sites:
-                    acts[s].append(cap[s][:, 0])
-                logits = m.run([p.text for p in group], reduce="last", batch_size=32)
-                diffs.append(logits[:, pid] - logits[:, nid])
-            return {s: torch.cat(v) for s, v in acts.items()}, torch.cat(diffs), [p for t in range(3) for p in ps if p.template == t]
+        low = {}
+        for task, (p_tok, n_tok_) in {"subject": (" she", " he"), "object": (" her", " him")}.items():
+            fem, mal = prompts(tok, task, "female"), prompts(tok, task, "male")
+            rng = random.Random(0)
+            train_names = set(rng.sample(sorted({p.name for p in fem}), 10)) | set(rng.sample(sorted({p.name for p in mal}), 10))
+            train = [p for p in fem + mal if p.name in train_names and p.template == 0]
+            held = [p for p in fem + mal if p.name not in train_names]
+            heads_task = [(l, h) for l, h, _ in tables[task]["path_patching"][:3]]
+            sites = sorted({f"blocks.{l}.hook_resid_pre" for l, _ in heads_task})
+            pid, nid = tok.encode(p_tok, add_special_tokens=False)[0], tok.encode(n_tok_, add_special_tokens=False)[0]
 
-        tr_acts, _, tr_ps = acts_and_logits(train)
-        ho_acts, ho_diff, _ = acts_and_logits(held)
-        tr_lab = torch.tensor([p.gender == "female" for p in tr_ps])
-        sign = (ho_diff > 0).long()
-        rows = []
-        for l, h in heads_task:
-            s = f"blocks.{l}.hook_resid_pre"
-            X, Xh = tr_acts[s].double(), ho_acts[s].double()
-            y_obs = ln_feature(c, ns[task], l, h).double()
-            md = X[tr_lab].mean(0) - X[~tr_lab].mean(0)
-            clf = LogisticRegression(max_iter=2000, C=1.0).fit(X.numpy(), tr_lab.numpy())
-            scores = {"obsprop (0 labels)": Xh @ y_obs, "mean difference (10+10)": Xh @ md,
-                      "logistic probe (10+10)": torch.tensor(clf.decision_function(Xh.numpy()))}
-            for name, sc in scores.items():
-                rows.append({"layer": l, "head": h, "method": name, "pearson_r": pearson(sc, ho_diff), "auc_sign": auc(sc, sign)})
-        low[task] = {"n_train": len(train), "n_held_out": len(held), "fraction_positive": float(sign.float().mean()), "rows": rows}
-        print(f"\n== low-data comparison, {task}: {len(train)} training prompts (10 F + 10 M names, template 0), "
-              f"{len(held)} held-out prompts (other names, all templates); score at the name token vs logit diff {p_tok!r}-{n_tok_!r}")
-        for r in rows:
-            print(f"  {r['layer']:>2}.{r['head']:<2} {r['method']:<26} r = {r['pearson_r']:6.3f}   AUC(sign) = {r['auc_sign']:.3f}")
-    report["low_data"] = low
-    save()
+            def acts_and_logits(ps):
+                acts = {s: [] for s in sites}
+                diffs = []
+                for t in range(3):
+                    group = [p for p in ps if p.template == t]
+                    if not group:
+                        continue
+                    pos = group[0].name_position
+                    cap = m.capture([p.text for p in group], sites, reduce=[pos], batch_size=32)
+                    for s in sites:
+                        acts[s].append(cap[s][:, 0])
+                    logits = m.run([p.text for p in group], reduce="last", batch_size=32)
+                    diffs.append(logits[:, pid] - logits[:, nid])
+                return {s: torch.cat(v) for s, v in acts.items()}, torch.cat(diffs), [p for t in range(3) for p in ps if p.template == t]
 
-    # -- plots of the rankings -----------------------------------------------------------------------------------------
-    from conceptkit_obsprop.result import ObsPropResult
-
-    res = ObsPropResult(observables=list(ns), n_layers=c.n_layers, n_heads=c.n_heads,
-                        head_norms={k: v.tolist() for k, v in norms.items()}, head_norms_ln={k: v.tolist() for k, v in norms_ln.items()})
-    report["plot_feature_norms"] = str(res.plot(out / "feature_norms.png"))
+            tr_acts, _, tr_ps = acts_and_logits(train)
+            ho_acts, ho_diff, _ = acts_and_logits(held)
+            tr_lab = torch.tensor([p.gender == "female" for p in tr_ps])
+            sign = (ho_diff > 0).long()
+            rows = []
+            for l, h in heads_task:
+                s = f"blocks.{l}.hook_resid_pre"
+                X, Xh = tr_acts[s].double(), ho_acts[s].double()
+                y_obs = ln_feature(c, ns[task], l, h).double()
+                md = X[tr_lab].mean(0) - X[~tr_lab].mean(0)
+                clf = LogisticRegression(max_iter=2000, C=1.0).fit(X.numpy(), tr_lab.numpy())
+                scores = {"obsprop (0 labels)": Xh @ y_obs, "mean difference (10+10)": Xh @ md,
+                          "logistic probe (10+10)": torch.tensor(clf.decision_function(Xh.numpy()))}
+                for name, sc in scores.items():
+                    rows.append({"layer": l, "head": h, "method": name, "pearson_r": pearson(sc, ho_diff), "auc_sign": auc(sc, sign)})
+            low[task] = {"n_train": len(train), "n_held_out": len(held), "fraction_positive": float(sign.float().mean()), "rows": rows}
+            print(f"\n== low-data comparison, {task}: {len(train)} training prompts (10 F + 10 M names, template 0), "
+                  f"{len(held)} held-out prompts (other names, all templates); score at the name token vs logit diff {p_tok!r}-{n_tok_!r}")
+            for r in rows:
+                print(f"  {r['layer']:>2}.{r['head']:<2} {r['method']:<26} r = {r['pearson_r']:6.3f}   AUC(sign) = {r['auc_sign']:.3f}")
+        report["low_data"] = low
+        save()
 
     # -- 5. parity ----------------------------------------------------------------------------------------------------
-    if not args.skip_parity:
+    if want("parity") and not args.skip_parity:
         log("parity: the same computations through TransformerLens")
         tl = ck.load_model("smollm2-135m", backend="transformer_lens")
         ct = Circuit(tl)
