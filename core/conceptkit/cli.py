@@ -146,27 +146,36 @@ def _make_run_command(name: str, method_cls: type) -> click.Command:
     @click.option("--no-store", is_flag=True, help="Do not save results.")
     @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the result's figure here.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def command(config_file, overrides, model_name, backend, store_path, no_store, plot_path, as_json):  # type: ignore[no-untyped-def]
+    @click.option("--quiet", "-q", is_flag=True, help="No stages or progress bars on stderr.")
+    def command(config_file, overrides, model_name, backend, store_path, no_store, plot_path, as_json, quiet):  # type: ignore[no-untyped-def]
+        from conceptkit import progress
         from conceptkit.config_io import apply_overrides, load_config_file
         from conceptkit.contract import validate_config
         from conceptkit.plugin_manager import method
 
+        if quiet:
+            progress.configure(False)
         m = method(name)
         raw = load_config_file(config_file) if config_file else {}
         cfg = validate_config(m.Config, apply_overrides(raw, list(overrides)), name)  # before loading anything
+        if plot_path:
+            _check_plot_path(plot_path)
         model = None
         if model_name is None and m.needs_model:
             model_name = getattr(cfg, "model", None) or "smollm2-135m"
         if model_name is not None and m.needs_model:
             from conceptkit.models import load_model
 
+            progress.stage(f"loading model {model_name} ({backend})")
             model = load_model(model_name, backend=backend)
         store = None
         if not no_store:
             from conceptkit.store import open_store
 
             store = open_store(store_path)
+        progress.stage(f"running {name}")
         result = m.run(model, cfg, store=store)
+        progress.stage("done")
         if as_json:
             click.echo(result.model_dump_json(indent=2))
         else:
@@ -178,6 +187,15 @@ def _make_run_command(name: str, method_cls: type) -> click.Command:
             click.echo(f"stored {len(result.record_ids)} record(s) in {store.root}", err=True)  # type: ignore[union-attr]
 
     return command
+
+
+def _check_plot_path(path: str) -> None:
+    """Fail before any compute when a figure could not be written at the end."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"folder {str(folder)!r} does not exist", param_hint="--plot")
+    if Path(path).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise click.BadParameter(f"{path!r}: use a .png, .pdf, .svg or .jpg file", param_hint="--plot")
 
 
 class RunGroup(click.Group):
@@ -209,9 +227,14 @@ def run() -> None:
 @click.option("--store", "store_path", type=click.Path(file_okay=False), help="Store folder for the demo's vectors.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="conceptkit-demo", show_default=True, help="Where figures go.")
 @click.option("--backend", default="transformer_lens", show_default=True)
-def demo(store_path: str | None, out_dir: str, backend: str) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars on stderr.")
+def demo(store_path: str | None, out_dir: str, backend: str, quiet: bool) -> None:
     """Run the demo on the embedded SmolLM2-135M-Instruct."""
+    from conceptkit import progress
     from conceptkit.demo import run_demo
+
+    if quiet:
+        progress.configure(False)
 
     run_demo(store_path=store_path, out_dir=Path(out_dir), backend=backend, echo=click.echo)
 

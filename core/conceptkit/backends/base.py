@@ -393,7 +393,7 @@ class Model:
         # Objective data travels in the plan as data (executors elsewhere rebuild it); callables are local.
         request = GradRequest(site, obj.objective if isinstance(obj, BoundObjective) else obj, reduce, return_activations)
         grads, acts = [], []
-        for batch in self.batches(inputs, batch_size, padding_side):
+        for batch in _progress(self.batches(inputs, batch_size, padding_side), inputs, batch_size, None, "gradients"):
             result = self.execute(Plan(batch, interventions=parsed, grad=request))
             grads.append(result.grads)
             if return_activations:
@@ -416,7 +416,7 @@ class Model:
         """
         parsed = iv.parse_all(interventions)
         totals, counts = [], []
-        for batch in self.batches(inputs, batch_size, padding_side):
+        for batch in _progress(self.batches(inputs, batch_size, padding_side), inputs, batch_size, None, "log-likelihood"):
             logits = self.execute(Plan(batch, interventions=parsed, output="logits")).output.float()
             logp = torch.log_softmax(logits[:, :-1], -1)
             target = batch.input_ids[:, 1:].to(logp.device)
@@ -481,21 +481,15 @@ def _infer_side(mask: torch.Tensor, default: PaddingSide) -> PaddingSide:
 
 
 def _progress(it: Iterator[Batch], inputs: Inputs, batch_size: int, show: bool | None, what: str) -> Iterator[Batch]:
+    """Batches with a progress bar and an estimate when progress is on (``conceptkit.progress``)."""
+    from conceptkit import progress
+
     try:
         n = len(inputs) if not isinstance(inputs, (str, dict, Batch)) else 1
     except TypeError:
         n = 1
     total = -(-n // batch_size)
-    if show is None:
-        import sys
-
-        show = total >= 20 and sys.stderr.isatty()
-    if not show:
-        yield from it
-        return
-    from tqdm.auto import tqdm
-
-    yield from tqdm(it, total=total, desc=what, unit="batch", leave=False)
+    yield from progress.track(it, total=total, description=f"{what} ({n} inputs)", unit="batches", show=show)
 
 
 
