@@ -58,7 +58,7 @@ class Recipe(pydantic.BaseModel):
 RECIPES: dict[str, Recipe] = {
     "smollm2-135m": Recipe(
         model="smollm2-135m", default_site="blocks.12.hook_resid_post", d_sae=4608, k=64,
-        train_tokens=64_000, epochs=3,
+        train_tokens=40_960, epochs=2, batch_size=512,
     ),
 }
 
