@@ -50,14 +50,17 @@ def sae() -> None:
 @click.option("--k", type=int, default=64, show_default=True)
 @click.option("--tokens", type=int, default=40_960, show_default=True, help="training tokens captured from the corpus")
 @click.option("--epochs", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=int, default=512, show_default=True, help="rows per training step")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="SAELens folder to write (default: the cache)")
 @click.option("--store", "store_path", type=click.Path(file_okay=False))
-def train(model_name: str, site: str, d_sae: int, k: int, tokens: int, epochs: int, seed: int, out_dir: str | None, store_path: str | None) -> None:
+def train(model_name: str, site: str, d_sae: int, k: int, tokens: int, epochs: int, batch_size: int, seed: int,
+          out_dir: str | None, store_path: str | None) -> None:
     """Train a TopK SAE on the offline corpus (resumable) and store it as a record."""
     from conceptkit.sae.builtin import Recipe, _folder, load_sae
 
-    recipe = Recipe(model=model_name, default_site=site, d_sae=d_sae, k=k, train_tokens=tokens, epochs=epochs, seed=seed)
+    recipe = Recipe(model=model_name, default_site=site, d_sae=d_sae, k=k, train_tokens=tokens, epochs=epochs,
+                    batch_size=batch_size, seed=seed)
     sae_obj = load_sae(model_name, site, store=_store(store_path), recipe=recipe)
     folder = _folder(model_name, site, recipe)
     if out_dir:
