@@ -104,6 +104,8 @@ def test_plugin_objective_gradient(models, plugin):
 def test_plugin_virtual_site_from_data(models, plugin):
     """A registered virtual-site kind, added from its dict, is captured and intervened on."""
     model = models("tiny-llama", "transformer_lens")
+    assert components.parse("virtual_site", _json(Tripled(site=SITE))) == Tripled(site=SITE)
+    assert components.parse("objective", _json(NegLogit(token=7))) == NegLogit(token=7)
     with model.add_virtual_sites({"kind": "tripled", "site": SITE}):
         name = SITE + ".hook_triple"
         assert name in model.sites()
