@@ -77,3 +77,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from conceptkit.sites import unknown_site
     from conceptkit.store import Store, open_store
     from conceptkit.store.record import MethodInfo, Record, RecordDraft
+    from conceptkit.tensors import TensorField

@@ -61,6 +61,7 @@ _GROUPS: dict[str, dict[str, str]] = {
         "reduce_tokens": "conceptkit.data",
         "Reduce": "conceptkit.data",
         "PaddingSide": "conceptkit.data",
+        "TensorField": "conceptkit.tensors",
         "concepts": "conceptkit.concepts:",
         "ConceptSet": "conceptkit.concepts",
     },
