@@ -7,7 +7,9 @@ same order) on SmolLM2 ``blocks.12.hook_resid_post`` activations of the offline 
 renormalised before each step, parallel gradient removed, ``b_dec`` initialised to the first
 batch's mean; optimiser Adam with sparsify's learning rate rule scaled like ours, and (second
 line) sparsify's default SignSGD + schedule-free. Printed: tokens/s of each, the ratio, and held-out
-FVE after the same number of tokens.
+FVE after the same number of tokens. Both start from the same weights (sparsify's ``nn.Linear``
+init from seed 0 is conceptkit's seed-0 init), so with Adam the two follow the same trajectory up
+to float rounding (also a test: ``tests/test_sae_train.py``) and the comparison is pure speed.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def main() -> None:
                      ("sparsify (default SignSGD+schedule-free)", lambda: sparsify_run(data, d_in, "signum"))):
         seconds, forward = fn()
         results[name] = (tokens / seconds, fve(forward, held))
-        print(f"  {name:<44} {tokens / seconds:9.0f} tokens/s   held-out FVE {results[name][1]:.4f}", flush=True)
+        print(f"  {name:<44} {tokens / seconds:9.0f} tokens/s   held-out FVE {results[name][1]:.5f}", flush=True)
     ck_rate, ck_fve = results["conceptkit TopKTrainer"]
     for peer in ("sparsify (Adam)", "sparsify (default SignSGD+schedule-free)"):
         rate, peer_fve = results[peer]

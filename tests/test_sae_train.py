@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conceptkit.sae.train import TopKTrainer, TrainConfig, sparse_code
@@ -85,3 +86,33 @@ def test_auxk_trains_only_dead_latents_that_topk_ignores() -> None:
         t.train_step(x)
         changed[(alpha, dead)] = not torch.allclose(before[0], t.W_encT[7], atol=1e-6) or not torch.allclose(before[1], t.W_dec[7], atol=1e-6)
     assert changed == {(0.0, True): False, (1 / 32, False): False, (1 / 32, True): True}, changed
+
+
+def test_same_trajectory_as_sparsify() -> None:
+    """From the same seed and rows, the trainer follows eai-sparsify's SparseCoder step (Adam, no dead latents)."""
+    pytest.importorskip("sparsify")
+    import math
+    import os
+
+    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    x = planted(2048, seed=4) * 3
+    cfg = TrainConfig(d_sae=96, k=6, batch_size=256, lr_warmup_steps=0, lr=1e-3, seed=0, shuffle_buffer=0)
+    ours = TopKTrainer(32, cfg)
+    torch.manual_seed(0)  # sparsify initialises nn.Linear from the global generator
+    ref = SparseCoder(32, SparseCoderConfig(num_latents=96, k=6))
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-3, eps=6.25e-10)
+    assert torch.equal(ours.W_encT, ref.encoder.weight) and math.isclose(float(ours.W_dec.detach().norm()), float(ref.W_dec.detach().norm()), rel_tol=1e-6)
+    for step, batch in enumerate(x.split(256)):
+        ours.train_step(batch)
+        if step == 0:
+            ref.b_dec.data = batch.mean(0)
+        ref.set_decoder_norm_to_unit_norm()
+        ref(batch).fvu.backward()
+        ref.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+    ref.set_decoder_norm_to_unit_norm()
+    torch.testing.assert_close(ours.W_dec.detach(), ref.W_dec.detach(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours.W_encT.detach(), ref.encoder.weight.detach(), atol=1e-4, rtol=0)
