@@ -1,0 +1,1 @@
+"""ActivationReasoning: concept dictionaries, detection, rules and steering from conclusions."""
