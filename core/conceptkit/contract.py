@@ -24,6 +24,21 @@ if TYPE_CHECKING:
     from conceptkit.store.record import RecordDraft
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` with torch tensors and numpy arrays/scalars (also inside dicts, lists and
+    tuples) turned into lists and Python numbers; anything else unchanged."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if type(value) in (list, tuple):  # the same container type: a tuple field stays a tuple
+        return type(value)(jsonable(v) for v in value)
+    kind = type(value).__module__.split(".")[0]
+    if kind == "torch" and hasattr(value, "tolist"):
+        return value.detach().cpu().tolist()
+    if kind == "numpy" and hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
 class MethodConfig(pydantic.BaseModel):
     """Base class of method configurations: unknown fields are errors, never silently ignored."""
 
@@ -44,6 +59,12 @@ class Result(pydantic.BaseModel):
     input_fingerprints: dict[str, str] = pydantic.Field(default_factory=dict)
     #: who made this (filled by ``Method.run``); written into every draft by :meth:`save`
     provenance: Any = pydantic.Field(None, exclude=True, repr=False)
+
+    @pydantic.field_serializer("*", mode="wrap", check_fields=False)
+    def _json_safe(self, value: Any, handler: Any, info: Any) -> Any:
+        """In JSON mode (``--json``, ``model_dump_json``) tensors and numpy values become
+        (nested) lists and numbers, so a result may hold them in any field."""
+        return handler(jsonable(value) if info.mode_is_json() else value)
 
     def add_input(self, name: str, inputs: Any, model: "Model | None" = None) -> str:
         """Record the fingerprint of ``inputs`` (texts or token ids) under ``name``."""
