@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["startup", "capture", "streaming", "store", "tcav", "erasure", "rocr", "generate", "obsprop", "sae"]
+ALL = ["startup", "capture", "streaming", "store", "tcav", "erasure", "rocr", "generate", "obsprop", "sae", "activation_reasoning"]
 
 
 def main(argv: list[str]) -> None:
