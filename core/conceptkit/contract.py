@@ -83,6 +83,12 @@ class Result(pydantic.BaseModel):
         """Write a figure to ``path`` where a picture helps; ``None`` when the method has none."""
         return None
 
+    def _repr_html_(self) -> str:
+        """Jupyter: a table of the fields, the summary, and the figure inline when there is one."""
+        from conceptkit._html import result_html
+
+        return result_html(self)
+
     def drafts(self) -> list["RecordDraft"]:
         """The concept vectors this result wants stored (empty by default)."""
         return []

@@ -470,6 +470,12 @@ class Model:
     def __repr__(self) -> str:
         return f"<conceptkit {self.backend_name} model {self.name!r}>"
 
+    def _repr_html_(self) -> str:
+        """Jupyter: name, backend, layers, width and number of sites, as a table."""
+        from conceptkit._html import model_html
+
+        return model_html(self)
+
 
 def _infer_side(mask: torch.Tensor, default: PaddingSide) -> PaddingSide:
     """Padding side of an explicit mask: left if any row starts with padding."""

@@ -147,6 +147,12 @@ class Record(pydantic.BaseModel):
     def short_id(self) -> str:
         return self.id[:12]
 
+    def _repr_html_(self) -> str:
+        """Jupyter: what the record holds and its provenance, as tables."""
+        from conceptkit._html import record_html
+
+        return record_html(self)
+
 
 def content_id(draft: RecordDraft) -> str:
     """sha256 over the tensors' bytes and the manifest fields that define the content."""
