@@ -57,6 +57,8 @@ def test_load_sae_builds_once_then_reads_the_cache(cache, tmp_path) -> None:
     folder = _folder("tiny-llama", QUICK.default_site, QUICK)
     prov = json.loads((folder / "provenance.json").read_text())
     assert prov["corpus"]["fingerprint"] == C.build(("project",), cache=False).fingerprint
+    assert C.cached(prov["corpus"]["fingerprint"][:12]).fingerprint == prov["corpus"]["fingerprint"]
+    assert first.metadata["corpus_fingerprint"] == prov["corpus"]["fingerprint"]
     record = store.get(first.record_id)
     assert record.kind == "sae" and record.examples_fingerprint == prov["corpus"]["fingerprint"]
     assert record.method.config["recipe"]["d_sae"] == 64 and 0 <= record.metrics["quick_fve"] <= 1

@@ -38,6 +38,19 @@ def _model_for(sae: Any, model_name: str | None, backend: str) -> Any:
     return load_model(name, backend=backend)
 
 
+def _corpus_of(sae_obj: Any, sources: str | None) -> Any:
+    """The corpus the SAE was trained on when it is still cached (its held-out split), else today's."""
+    from conceptkit.sae import corpus as corpus_mod
+
+    wanted = sae_obj.metadata.get("corpus_fingerprint")
+    if wanted and not sources:
+        found = corpus_mod.cached(wanted)
+        if found is not None:
+            return found
+        click.echo(f"note: the SAE's corpus {wanted[:12]} is no longer cached; using today's corpus", err=True)
+    return corpus_mod.build(tuple(sources.split(",")) if sources else corpus_mod.SOURCES)
+
+
 @click.group()
 def sae() -> None:
     """Sparse autoencoders: train, eval, features, similar, import, load."""
@@ -106,7 +119,7 @@ def eval_cmd(sae_ref: str, site: str | None, model_name: str | None, backend: st
     sae_obj = _resolve(sae_ref, site, store_path)
     site = site or sae_obj.site
     model = _model_for(sae_obj, model_name, backend)
-    corpus = corpus_mod.build(tuple(sources.split(",")) if sources else corpus_mod.SOURCES)
+    corpus = _corpus_of(sae_obj, sources)
     windows = corpus_mod.token_windows(corpus, model.tokenizer, "held_out", 128, max_tokens=tokens + tokens // 127 + 128)
     ce = {k: v[: max(1, ce_tokens // 128)] for k, v in windows.items()} if ce_tokens else None
     t0 = time.perf_counter()

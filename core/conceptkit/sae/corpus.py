@@ -224,6 +224,23 @@ def build(sources: tuple[str, ...] = SOURCES, cache: bool = True) -> Corpus:
     return corpus
 
 
+def cached(fingerprint: str) -> Corpus | None:
+    """A corpus built earlier on this machine with this fingerprint (or a unique prefix of it), if
+    its cache file is still there: evaluating an SAE on *its* held-out split even after packages
+    were installed or upgraded (which changes what :func:`build` returns)."""
+    from conceptkit.models import cache_dir
+
+    folder = cache_dir() / "sae"
+    for path in sorted(folder.glob("corpus-*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and str(data.get("fingerprint", "")).startswith(fingerprint):
+            return Corpus([Document(*d) for d in data["documents"]], tuple(data["sources"]), data["fingerprint"], data["info"])
+    return None
+
+
 @lru_cache(maxsize=4)
 def _build(sources: tuple[str, ...] = SOURCES) -> Corpus:
     """Build the corpus from ``sources`` (deterministic for a given installation)."""
