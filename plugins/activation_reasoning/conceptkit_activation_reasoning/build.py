@@ -79,9 +79,10 @@ def labels_for(model: Any, texts: list[str], ids: list[torch.Tensor], concepts: 
 def build_dictionary(model: Any, site: str, texts: list[str], concepts: list[str], *, sae: Any = None, label: str = "word",
                      text_concepts: list[list[str]] | None = None, token: Literal["last", "all"] = "last", kind: str = "top_k", k: int = 10,
                      order: str = "unique_first", mean_over: str = "tokens", search_top_k: int = 10, depth: int | None = 5, seed: int = 0,
-                     top_output: int = 2, k_c: int = 1, batch_size: int = 16) -> tuple[ConceptDictionary, Any, dict]:
+                     top_output: int = 2, k_c: int = 1, batch_size: int = 16, center: bool = True) -> tuple[ConceptDictionary, Any, dict]:
     """A calibrated dictionary from labelled texts: SAE latents by mean difference (``sae`` given)
-    or mean-difference concept vectors on the raw activations (``sae=None``). Returns the
+    or mean-difference concept vectors on the raw activations (``sae=None``; scores centred on
+    the examples' mean activation unless ``center=False``). Returns the
     dictionary, the SAE it reads (``vector_sae`` for vectors) and the training tensors."""
     h, mask, ids = padded_activations(model, texts, site, batch_size)
     lab = labels_for(model, texts, ids, concepts, label, text_concepts, token, h.shape[1])
@@ -90,9 +91,10 @@ def build_dictionary(model: Any, site: str, texts: list[str], concepts: list[str
         raise ck.InputError(f"no labelled token for concept(s) {missing} in the {len(texts)} example texts")
     if sae is None:
         U = mean_difference(h, lab, mask, mean_over)  # type: ignore[arg-type]
-        d = vector_dictionary(concepts, U, site=site)
-        sae = vector_sae(d.vectors, site)  # type: ignore[arg-type]
-        lat = sae.encode(h)
+        mu = h[mask].mean(0) if center else None
+        d = vector_dictionary(concepts, U, site=site, center=mu)
+        sae = vector_sae(d.vectors, site, d.vector_bias)  # type: ignore[arg-type]
+        lat = sae.encode(h) * mask[..., None]
     else:
         lat = keep_top(sae.encode(h.to(sae.dtype)).float(), search_top_k) * mask[..., None]
         if kind == "tree":

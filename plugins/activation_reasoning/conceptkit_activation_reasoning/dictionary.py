@@ -44,6 +44,7 @@ class ConceptDictionary:
     sae_ref: str | None = None
     trees: dict[str, torch.Tensor] = field(default_factory=dict)  # left/right/feature/threshold/prob [C, N]
     vectors: torch.Tensor | None = None  # [C, d] for source == "vectors"
+    vector_bias: torch.Tensor | None = None  # [C] encoder bias of a vector dictionary (-U mu: centred scores)
     balanced_accuracy: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,6 +68,8 @@ class ConceptDictionary:
         tensors.update({f"tree_{k}": v for k, v in self.trees.items()})
         if self.vectors is not None:
             tensors["vectors"] = self.vectors.float()
+        if self.vector_bias is not None:
+            tensors["vector_bias"] = self.vector_bias.float()
         meta = {"names": self.names, "kind": self.kind, "source": self.source, "sae": self.sae_ref,
                 "balanced_accuracy": self.balanced_accuracy, "note": description}
         return RecordDraft(tensors=tensors, concept=concept, kind="concept_dictionary", site=self.site,
@@ -81,7 +84,7 @@ class ConceptDictionary:
         meta = json.loads(rec.description)
         return cls(names=meta["names"], indices=t["indices"], weights=t["weights"], thresholds=t["thresholds"],
                    kind=meta["kind"], source=meta["source"], site=rec.site, sae_ref=meta.get("sae"),
-                   trees={k[5:]: v for k, v in t.items() if k.startswith("tree_")}, vectors=t.get("vectors"),
+                   trees={k[5:]: v for k, v in t.items() if k.startswith("tree_")}, vectors=t.get("vectors"), vector_bias=t.get("vector_bias"),
                    balanced_accuracy=meta.get("balanced_accuracy", []))
 
 
@@ -201,19 +204,23 @@ def tree_probability(trees: dict[str, torch.Tensor], x: torch.Tensor) -> torch.T
 
 
 # -- vector dictionaries ----------------------------------------------------------------------------
-def vector_sae(vectors: torch.Tensor, site: str | None = None) -> Any:
-    """The SAE of a concept-vector dictionary: ``encode(h) = ReLU(h U^T)``, ``W_dec = U``."""
+def vector_sae(vectors: torch.Tensor, site: str | None = None, bias: torch.Tensor | None = None) -> Any:
+    """The SAE of a concept-vector dictionary: ``encode(h) = ReLU(h U^T + b)``, ``W_dec = U``."""
     from conceptkit.api import SAE
 
     U = vectors.float()
     C, d = U.shape
-    return SAE(W_enc=U.T.contiguous(), b_enc=torch.zeros(C), W_dec=U.clone(), b_dec=torch.zeros(d), architecture="standard", site=site,
+    b = torch.zeros(C) if bias is None else bias.float()
+    return SAE(W_enc=U.T.contiguous(), b_enc=b, W_dec=U.clone(), b_dec=torch.zeros(d), architecture="standard", site=site,
                metadata={"source": "concept vectors"})
 
 
 def vector_dictionary(names: list[str], vectors: torch.Tensor, site: str | None = None, normalise: bool = True,
-                      parents: list[str] | None = None) -> ConceptDictionary:
-    """A ``top_k`` dictionary with concept ``c`` on latent ``c`` of :func:`vector_sae` (``k = 1``)."""
+                      parents: list[str] | None = None, center: torch.Tensor | None = None) -> ConceptDictionary:
+    """A ``top_k`` dictionary with concept ``c`` on latent ``c`` of :func:`vector_sae` (``k = 1``).
+
+    ``center`` (a mean activation ``mu [d]``) makes the scores ``ReLU(U (h - mu))``: without it a
+    component shared by all activations (large on real models) decides which concept is largest."""
     U = vectors.float()
     if U.dim() != 2 or U.shape[0] != len(names):
         raise InputError(f"vectors must be [C, d] with C = {len(names)} names, got {tuple(U.shape)}")
@@ -221,4 +228,5 @@ def vector_dictionary(names: list[str], vectors: torch.Tensor, site: str | None 
         U = U / U.norm(dim=1, keepdim=True).clamp_min(1e-12)
     C = len(names)
     return ConceptDictionary(names=list(names), indices=torch.arange(C)[:, None], weights=torch.ones(C, 1), thresholds=torch.zeros(C),
-                             kind="top_k", source="vectors", site=site, sae_ref=",".join(parents or []) or None, vectors=U)
+                             kind="top_k", source="vectors", site=site, sae_ref=",".join(parents or []) or None, vectors=U,
+                             vector_bias=None if center is None else -(U @ center.float()))

@@ -100,7 +100,7 @@ class ActivationReasoner:
         if sae is None:
             if dictionary.source != "vectors" or dictionary.vectors is None:
                 raise ck.InputError("an SAE dictionary needs its SAE (sae=...)")
-            sae = vector_sae(dictionary.vectors, self.site)
+            sae = vector_sae(dictionary.vectors, self.site, dictionary.vector_bias)
         self.sae = sae
         self.settings = settings or ARSettings()
 
@@ -128,10 +128,15 @@ class ActivationReasoner:
             out.append((ids, h[sel][torch.argsort(index[sel, 1])]))
         return out
 
-    def detect(self, prompts: Any, interventions: Any = ()) -> list[PromptDetection]:
+    def detect(self, prompts: Any, interventions: Any = (), detect_from: list[int] | None = None) -> list[PromptDetection]:
+        """Propositions per prompt; ``detect_from[i]``: only tokens from that position on count
+        (e.g. the question after in-context rules, whose words would otherwise be detected)."""
         out = []
-        for ids, h in self.activations(prompts, interventions):
-            a, p = self.propositions(h[None])
+        for i, (ids, h) in enumerate(self.activations(prompts, interventions)):
+            mask = None
+            if detect_from is not None:
+                mask = (torch.arange(h.shape[0]) >= detect_from[i])[None]
+            a, p = self.propositions(h[None], mask)
             out.append(PromptDetection(ids, p[0], a[0], self.dictionary.names))
         return out
 
@@ -162,11 +167,12 @@ class ActivationReasoner:
             return torch.zeros(W.shape[1])
         return combine(dirs, s.methodology)
 
-    def generate(self, prompts: Any, *, max_new_tokens: int = 5, steer: bool = True, interventions: Any = (), **kwargs: Any) -> ARGeneration:
+    def generate(self, prompts: Any, *, max_new_tokens: int = 5, steer: bool = True, interventions: Any = (),
+                 detect_from: list[int] | None = None, **kwargs: Any) -> ARGeneration:
         """Detect, reason and generate (greedy by default) with steering from the conclusions.
         ``interventions`` are fixed ones applied before the steering (detection sees them too)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        dets = self.detect(prompts, interventions)
+        dets = self.detect(prompts, interventions, detect_from)
         infs = [self.reason(d.detected() if self.settings.scope != "output" else []) for d in dets]
         policy = ReasoningPolicy(self, dets, infs, steer=steer)
         gen = self.model.generate(prompts, max_new_tokens=max_new_tokens, policy=policy, batch_size=len(prompts),
