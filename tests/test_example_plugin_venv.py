@@ -48,6 +48,9 @@ def test_example_plugin_installs_lists_and_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
     env["CONCEPTKIT_STORE"] = str(tmp_path / "store")
+    # This test is about installing and listing, not timing: on a loaded machine importing a
+    # plugin from a fresh venv can pass the slow-import threshold (tested on its own elsewhere).
+    env["CONCEPTKIT_SLOW_PLUGIN_IMPORT_S"] = "600"
     pip = [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
     # The venv's bundled setuptools may be older than the build needs; use the shared one.
     subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "setuptools"], env=env, capture_output=True)
