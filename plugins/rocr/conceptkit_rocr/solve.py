@@ -52,7 +52,8 @@ def nullspace_projector(moment: torch.Tensor, threshold: float | None = 2e-2, re
     tau = max(taus)
     small = S < tau
     Us = U[:, small]
-    eps = torch.finfo(torch.float64).eps * M.shape[0] * max(top, 1e-300)
+    # rank tolerance at float32 precision: the moments are sums of float32 products
+    eps = torch.finfo(torch.float32).eps * M.shape[0] * max(top, 1e-300)
     return Projector(P=Us @ Us.T, tau=tau, null_dim=int(small.sum()), key_rank=int((S > eps).sum()), eigenvalues=S)
 
 

@@ -33,6 +33,11 @@ from conceptkit_rocr.scoring import score_answers
 GENERATED = ["qa", "paraphrase_1", "paraphrase_2"]
 
 
+def _mean(values):
+    values = [v for v in values if v == v]  # fluency is measured on the first entities only
+    return sum(values) / len(values) if values else float("nan")
+
+
 def pooled(evs, which, when, forms=None):
     rows = [r for e in evs for r in getattr(e, which) if forms is None or r.form in forms]
     return sum(getattr(r, f"prob_{when}") for r in rows) / max(len(rows), 1)
@@ -51,7 +56,12 @@ def main() -> None:
     ap.add_argument("--ga-lr", type=float, default=2e-5)
     ap.add_argument("--ga-steps", type=int, default=5)
     ap.add_argument("--limit", type=int, default=None, help="at most this many known entities")
-    ap.add_argument("--backend", default="transformer_lens")
+    ap.add_argument("--backend", default="transformers", help="the plain HF backend is the lightest on a busy CPU")
+    ap.add_argument("--fluency-entities", type=int, default=3, help="generate (fluency) for the first N entities only")
+    ap.add_argument("--entities", default=None, help="';'-separated names to measure (default: every known entity)")
+    ap.add_argument("--store", default=None, help="store folder for the cached statistics (default: OUT/store)")
+    ap.add_argument("--merge", nargs="*", default=None, help="only aggregate the results.json of these output folders into --out")
+    ap.add_argument("--kl-texts", type=int, default=20, help="unrelated texts for KL")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +73,10 @@ def main() -> None:
         log.write(line + "\n")
         log.flush()
 
+    if args.merge is not None:
+        return merge(out, args, say)
     model = ck.load_model("smollm2-135m", backend=args.backend)
-    store = ck.open_store(out / "store")
+    store = ck.open_store(args.store or out / "store")
     layers = [int(x) for x in args.layers.split(",")]
     rocr = ROCR()
 
@@ -80,6 +92,9 @@ def main() -> None:
         say(f"{'KNOWN ' if ok else 'unknown'} {e['name']:<26} " + " ".join(f"{f}={s[f].prob:.2f}/{int(s[f].top1)}" for f in FORMS))
         if ok:
             known.append(e["name"])
+    if args.entities:
+        wanted = args.entities.split(";")
+        known = [n for n in known if n in wanted]
     if args.limit:
         known = known[: args.limit]
     say(f"{len(known)} known entities: {known}")
@@ -101,12 +116,14 @@ def main() -> None:
         t = time.perf_counter()
         edit = rocr._edit(model, cfg, stats, layers)
         edit_s = time.perf_counter() - t
-        ev = evaluate(model, name, lambda: edit.apply(model), method="rocr", max_new_tokens=16)
+        fl = len(evs_rocr) < args.fluency_entities
+        unrelated = forms_data()["unrelated"][: args.kl_texts]
+        ev = evaluate(model, name, lambda: edit.apply(model), method="rocr", max_new_tokens=16, fluency=fl, unrelated=unrelated)
         form = next(e for e in ents if e["name"] == name)["forms"]["fill_blank"]
         t = time.perf_counter()
         ga = gradient_ascent(model, [(form["prompt"], form["answer"])], lr=args.ga_lr, steps=args.ga_steps)
         ga_s = time.perf_counter() - t
-        ev_ga = evaluate(model, name, lambda: ga.apply(model), method="gradient_ascent", max_new_tokens=16, before=ev._before)
+        ev_ga = evaluate(model, name, lambda: ga.apply(model), method="gradient_ascent", max_new_tokens=16, before=ev._before, fluency=fl, unrelated=unrelated)
         evs_rocr.append(ev)
         evs_ga.append(ev_ga)
         results["entities"][name] = {"rocr": ev.model_dump(), "gradient_ascent": ev_ga.model_dump(), "edit_seconds": edit_s, "ga_seconds": ga_s,
@@ -116,7 +133,33 @@ def main() -> None:
             f"(train {ev_ga.relative_drop(['fill_blank']):.0%}, paraphrases {ev_ga.relative_drop(['paraphrase_1', 'paraphrase_2']):.0%}), kept {ev_ga.neighbour_kept():.0%}, KL {ev_ga.kl_unrelated:.4f}")
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
-    # 3. aggregates
+        report(out, results, evs_rocr, evs_ga, args, say, final=name == known[-1])
+
+
+def merge(out, args, say):
+    """Aggregate several partial runs (parallel workers on disjoint entities) into one report."""
+    from conceptkit_rocr.evaluate import Evaluation
+
+    merged, evs_rocr, evs_ga = None, [], []
+    for folder in args.merge:
+        part = json.loads((Path(folder) / "results.json").read_text())
+        if merged is None:
+            merged = {**part, "entities": {}, "known": []}
+        merged["control_fill_blank_with_harmless"].update(part["control_fill_blank_with_harmless"])
+        for name, row in part["entities"].items():
+            if name in merged["entities"]:
+                continue
+            merged["entities"][name] = row
+            evs_rocr.append(Evaluation.model_validate(row["rocr"]))
+            evs_ga.append(Evaluation.model_validate(row["gradient_ascent"]))
+    merged["merged_from"] = list(args.merge)
+    report(out, merged, evs_rocr, evs_ga, args, say, final=True)
+
+
+def report(out, results, evs_rocr, evs_ga, args, say, final):
+    """Aggregates over the entities done so far: report.md, results.json, forms.png."""
+    known = list(results["entities"])
+    layers, stats_seconds, control = results["layers"], results["stats_seconds"], results["control_fill_blank_with_harmless"]
     lines = [f"# ROCR vs gradient ascent on SmolLM2-135M-Instruct ({len(known)} entities, harmless concept {args.harmless!r}, layers {layers})", "",
              f"Statistics (one-time): {stats_seconds:.1f} s. GA: Adam lr {args.ga_lr}, {args.ga_steps} steps on the fill_blank form, every MLP weight.", "",
              "| method | form | mean prob before | after | relative drop | top-1 before | top-1 after |", "|---|---|---|---|---|---|---|"]
@@ -131,7 +174,7 @@ def main() -> None:
         nb, na = pooled(evs, "neighbours", "before"), pooled(evs, "neighbours", "after")
         agg[label] = dict(drop_all=drop(evs), drop_train=drop(evs, ["fill_blank"]), drop_paraphrases=drop(evs, ["paraphrase_1", "paraphrase_2"]),
                           neighbours_kept=na / nb, kl=sum(e.kl_unrelated for e in evs) / len(evs), kl_max=max(e.kl_unrelated for e in evs),
-                          fluency_before=sum(e.fluency_before for e in evs) / len(evs), fluency_after=sum(e.fluency_after for e in evs) / len(evs))
+                          fluency_before=_mean([e.fluency_before for e in evs]), fluency_after=_mean([e.fluency_after for e in evs]))
         lines.append(f"| {label} | neighbours | {nb:.3f} | {na:.3f} | kept {na / nb:.0%} | | |")
     lines += ["", "| method | drop all forms (target ≥70%) | training form | paraphrases | neighbours kept (≥90%) | KL nats/token mean (max) (≤0.01) | fluency before → after |", "|---|---|---|---|---|---|---|"]
     for label, a in agg.items():
@@ -144,7 +187,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot_forms(evs_rocr + evs_ga, out / "forms.png")
-    say("\n".join(lines))
+    if final:
+        say("\n".join(lines))
 
 
 if __name__ == "__main__":

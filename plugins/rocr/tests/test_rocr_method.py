@@ -37,3 +37,17 @@ def test_run_stores_one_weight_edit_record_and_reapplies(tmp_path):
     with ck.edits.load(store, edits[0].id).apply(other):
         assert torch.allclose(other.weights.W_out(1), stored[1], atol=1e-6)
     assert torch.equal(other.weights.W_out(1), base)
+
+
+def test_cli_run_then_edit_show(tmp_path, capsys):
+    """`conceptkit run rocr --set target=... --set harmless=...` stores one edit that `conceptkit edit show` reads."""
+    from conceptkit.cli import main
+
+    store = str(tmp_path / "cli-store")
+    main(["run", "rocr", "--model", "tiny-gpt2", "--store", store, "--set", "target=Rome", "--set", "harmless=Oslo",
+          "--set", "layers=[0, 1]", "--set", "stats_corpus=none", "--set", "stats_texts=[the cat sat, on the mat]"])
+    out = capsys.readouterr().out
+    assert "ROCR: 'Rome' -> 'Oslo', layers [0, 1]" in out
+    record = ck.open_store(store).find(kind="weight_edit")[0]
+    main(["edit", "show", record.id[:12], "--store", store])
+    assert "low_rank" in capsys.readouterr().out
