@@ -23,22 +23,54 @@ def store() -> None:
 
 @store.command("ls")
 @store_option
-@click.option("--concept")
+@click.option("--concept", help="Concept names containing this text, or a glob ('sent*', '*[Bb]ias*').")
+@click.option("--exact", is_flag=True, help="--concept must match the whole name.")
 @click.option("--model")
 @click.option("--site")
 @click.option("--method")
 @click.option("--tag")
 @click.option("--json", "as_json", is_flag=True)
-def ls(store_path, concept, model, site, method, tag, as_json):  # type: ignore[no-untyped-def]
+def ls(store_path, concept, exact, model, site, method, tag, as_json):  # type: ignore[no-untyped-def]
     """List records (newest first), filtered."""
+    if concept is not None and not exact and not any(c in concept for c in "*?["):
+        concept = f"*{concept}*"  # plain text: a substring match
     records = _open(store_path).find(concept=concept, model=model, site=site, method=method, tag=tag)
     if as_json:
         click.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
-    from conceptkit._cli_output import table as _table
+    _records_table(records)
 
-    rows = [[r.short_id, r.concept, r.method.name, (r.model or {}).get("name"), r.site, ",".join(r.tags), r.created_at.strftime("%Y-%m-%d %H:%M")] for r in records]
-    _table(f"{len(records)} record(s)", ["id", "concept", "method", "model", "site", "tags", "created"], rows)
+
+def _records_table(records: list) -> None:  # type: ignore[type-arg]
+    """Records as a table that stays readable in a narrow terminal: ids and sites are never cut
+    (other cells wrap); under 120 columns method and model share a column and tags and dates go."""
+    from rich.table import Table
+
+    from conceptkit._cli_output import console
+
+    out = console()
+    table = Table(title=f"{len(records)} record(s)")
+    narrow = out.width < 120
+    table.add_column("id", no_wrap=True, min_width=12)
+    table.add_column("concept", overflow="fold")
+    if narrow:
+        table.add_column("method / model", overflow="fold")
+    else:
+        table.add_column("method", overflow="fold")
+        table.add_column("model", overflow="fold")
+    table.add_column("site", no_wrap=True)
+    if not narrow:
+        table.add_column("tags", overflow="fold")
+        table.add_column("created", no_wrap=True)
+    for r in records:
+        model = (r.model or {}).get("name") or ""
+        cells = [r.short_id, r.concept]
+        cells += [f"{r.method.name} / {model}" if model else r.method.name] if narrow else [r.method.name, model]
+        cells.append(r.site or "")
+        if not narrow:
+            cells += [",".join(r.tags), r.created_at.strftime("%Y-%m-%d %H:%M")]
+        table.add_row(*cells)
+    out.print(table)
 
 
 @store.command()
@@ -95,8 +127,11 @@ def import_(store_path, path):  # type: ignore[no-untyped-def]
     """Import a bundle (validated before anything is written)."""
     from conceptkit.store.bundle import import_bundle
 
-    ids = import_bundle(_open(store_path), path)
-    click.echo(f"imported {len(ids)} record(s)")
+    target = _open(store_path)
+    before = len(target)
+    ids = import_bundle(target, path)
+    new = len(target) - before
+    click.echo(f"imported {len(ids)} record(s): {new} new, {len(ids) - new} already in the store")
 
 
 @store.command()
@@ -132,12 +167,15 @@ def import_sae(store_path, folder, concept):  # type: ignore[no-untyped-def]
 
 @store.command("export-gguf")
 @store_option
-@click.argument("record_id")
+@click.argument("record_ids", nargs=-1, required=True)
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--model-hint", default=None)
-def export_gguf(store_path, record_id, path, model_hint):  # type: ignore[no-untyped-def]
-    """Export a per-layer vector set as a GGUF control vector (llama.cpp, repeng)."""
+def export_gguf(store_path, record_ids, path, model_hint):  # type: ignore[no-untyped-def]
+    """Export vectors as a GGUF control vector (llama.cpp, repeng).
+
+    RECORD_IDS: one per-layer vector set, or several single-vector records (a TCAV CAV, a
+    steering vector) each at a blocks.<l>.hook_resid_post site; one direction per layer."""
     from conceptkit.store.interop import export_control_vector
 
-    export_control_vector(_open(store_path), record_id, path, model_hint)
+    export_control_vector(_open(store_path), list(record_ids), path, model_hint)
     click.echo(f"wrote {path}")

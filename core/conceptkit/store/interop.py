@@ -32,28 +32,85 @@ def _layer_of(name: str) -> int:
     return int(match.group(1) or match.group(2))
 
 
-def export_control_vector(store: LocalStore, record_id: str, path: str | Path, model_hint: str | None = None) -> Path:
-    """Write a per-layer vector set as a GGUF control vector."""
+_SITE_LAYER_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+#: the tensor a single-vector record steers with, by preference (TCAV stores "cav" + "cav_runs")
+_VECTOR_NAMES = ("vector", "cav", "direction")
+
+
+def _record_layers(record: Record, tensors: dict[str, torch.Tensor]) -> dict[int, tuple[torch.Tensor, str]]:
+    """``{layer: (direction, label)}`` of one record: a per-layer set (1-D tensors named by
+    layer), or one vector at a ``blocks.<l>.hook_resid_post`` site (a CAV, a steering vector)."""
+    site = _SITE_LAYER_RE.match(record.site or "")
+    ones = {n: t for n, t in tensors.items() if t.dim() == 1}
+    if not ones:
+        return {}
+    if site and not all(_LAYER_RE.match(n) for n in ones):
+        preferred = [n for n in _VECTOR_NAMES if n in ones] or sorted(ones)
+        if len(preferred) != 1 and not any(n in ones for n in _VECTOR_NAMES):
+            raise StoreError(f"record {record.short_id}: several 1-D tensors ({', '.join(sorted(ones))}) and none named 'vector' or 'cav'; which one is the direction?")
+        name = preferred[0]
+        return {int(site.group(1)): (ones[name], f"{record.short_id}:{name}")}
+    out: dict[int, tuple[torch.Tensor, str]] = {}
+    for name, t in ones.items():
+        layer = _layer_of(name)
+        if layer in out:
+            raise StoreError(f"record {record.short_id}: tensors {out[layer][1].split(':', 1)[1]!r} and {name!r} both name layer {layer}; a control vector has one direction per layer")
+        out[layer] = (t, f"{record.short_id}:{name}")
+    return out
+
+
+def layer_directions(store: LocalStore, record_ids: str | list[str]) -> tuple[dict[int, torch.Tensor], list[Record]]:
+    """One direction per layer from records: a per-layer vector set, or several single-vector
+    records (TCAV CAVs, steering vectors) each at a ``blocks.<l>.hook_resid_post`` site.
+
+    Two records for the same layer, or directions of different widths, are errors naming both."""
+    ids = [record_ids] if isinstance(record_ids, str) else list(record_ids)
+    if not ids:
+        raise StoreError("no records given")
+    layers: dict[int, tuple[torch.Tensor, str]] = {}
+    records = []
+    for rid in ids:
+        record, tensors = store.load(rid)
+        records.append(record)
+        for layer, (t, label) in _record_layers(record, tensors).items():
+            if layer in layers:
+                raise StoreError(f"{layers[layer][1]} and {label} both give layer {layer}; a control vector has one direction per layer")
+            layers[layer] = (t, label)
+    if not layers:
+        raise StoreError(f"record(s) {', '.join(r.short_id for r in records)} have no 1-D per-layer vectors to export")
+    widths = {int(t.shape[0]) for t, _ in layers.values()}
+    if len(widths) > 1:
+        detail = ", ".join(f"{layers[l][1]!r}: {int(layers[l][0].shape[0])}" for l in sorted(layers))
+        raise StoreError(f"per-layer vectors have different widths ({detail}); a control vector needs one width")
+    return {layer: t for layer, (t, _) in sorted(layers.items())}, records
+
+
+def layer_set(store: LocalStore, record_ids: list[str], concept: str | None = None) -> Any:
+    """A ``vector_set`` draft (tensors ``blocks.<l>.hook_resid_post``) built from records, with
+    the records as parents: store it to get one per-layer record (e.g. TCAV's CAVs per layer)."""
+    from conceptkit.store.record import RecordDraft
+
+    directions, records = layer_directions(store, record_ids)
+    return RecordDraft(
+        tensors={f"blocks.{layer}.hook_resid_post": t for layer, t in directions.items()},
+        concept=concept or records[0].concept,
+        kind="vector_set",
+        description=f"per-layer set from {len(records)} record(s)",
+        model=records[0].model,
+        parents=[r.id for r in records],
+    )
+
+
+def export_control_vector(store: LocalStore, record_id: str | list[str], path: str | Path, model_hint: str | None = None) -> Path:
+    """Write a GGUF control vector from one per-layer vector set or several single-vector records
+    (see :func:`layer_directions`), with gguf's own writer in repeng's layout."""
     try:
         import gguf
     except ImportError:
         raise MissingDependencyError("gguf", "pip install gguf") from None
-    record, tensors = store.load(record_id)
-    layers: dict[int, torch.Tensor] = {}
-    names: dict[int, str] = {}
-    for name, t in tensors.items():
-        if t.dim() != 1:
-            continue
-        layer = _layer_of(name)
-        if layer in layers:
-            raise StoreError(f"record {record.short_id}: tensors {names[layer]!r} and {name!r} both name layer {layer}; a control vector has one direction per layer")
-        layers[layer], names[layer] = t, name
-    if not layers:
-        raise StoreError(f"record {record.short_id} has no 1-D per-layer vectors to export")
-    widths = {int(t.shape[0]) for t in layers.values()}
-    if len(widths) > 1:
-        detail = ", ".join(f"{names[l]!r}: {int(layers[l].shape[0])}" for l in sorted(layers))
-        raise StoreError(f"record {record.short_id}: per-layer vectors have different widths ({detail}); a control vector needs one width")
+    directions, records = layer_directions(store, record_id)
+    layers = directions
+    record = records[0]
     hint = model_hint or (record.model or {}).get("architecture", "llama")
     hint = {"LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}.get(hint, hint)
     path = Path(path)

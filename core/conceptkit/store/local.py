@@ -536,7 +536,10 @@ class LocalStore:
         kind: str | None = None,
         limit: int | None = None,
     ) -> list[Record]:
-        """Records matching every given filter, newest first (unreadable ones skipped, with a warning)."""
+        """Records matching every given filter, newest first (unreadable ones skipped, with a warning).
+
+        ``concept`` matches exactly, or as a glob when it holds ``*``, ``?`` or ``[``
+        (``"sent*"``, ``"*bias*"``; case-sensitive, as SQLite's GLOB)."""
         where, args = self._filters(concept, model, site, method, tag, kind)
         q = f"SELECT id, manifest FROM records r {where} ORDER BY created_at DESC"
         if limit:
@@ -549,7 +552,8 @@ class LocalStore:
         clauses, args = [], []
         for col, val in (("concept", concept), ("model", model), ("site", site), ("method", method), ("kind", kind)):
             if val is not None:
-                clauses.append(f"r.{col} = ?")
+                glob = col == "concept" and any(c in val for c in "*?[")
+                clauses.append(f"r.{col} GLOB ?" if glob else f"r.{col} = ?")
                 args.append(val)
         if tag is not None:
             clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.record_id = r.id AND t.tag = ?)")
