@@ -86,8 +86,10 @@ class Circuit:
 
     # -- cached weights ------------------------------------------------------------------------
     def _get(self, key: tuple, fn: Any) -> torch.Tensor:
+        # A view of the parameter when the dtype matches (no copy of W_U's 28M entries); a
+        # Circuit lives for one computation, so it reads the weights as they are at first use.
         if key not in self._cache:
-            self._cache[key] = fn().detach().to(self.dtype).clone()
+            self._cache[key] = fn().detach().to(self.dtype)
         return self._cache[key]
 
     @property

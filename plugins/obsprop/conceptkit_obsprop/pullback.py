@@ -20,8 +20,13 @@ NormKind = str  # "layernorm" | "rmsnorm"
 
 # -- unembedding ---------------------------------------------------------------------------------
 def unembed_pullback(W_U: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """``y = W_U n`` (reference ``make_range_normal``: ``lm_head.weight.T @ n``)."""
-    return W_U @ n.to(W_U.dtype)
+    """``y = W_U n`` (reference ``make_range_normal``: ``lm_head.weight.T @ n``); a sparse ``n``
+    (a few tokens) reads only its columns."""
+    n = n.to(W_U.dtype)
+    nz = n.nonzero().flatten()
+    if nz.numel() * 8 < n.numel():
+        return W_U[:, nz] @ n[nz]
+    return W_U @ n
 
 
 # -- norms ---------------------------------------------------------------------------------------
@@ -88,10 +93,10 @@ def ov_pullback(W_V: torch.Tensor, W_O: torch.Tensor, y: torch.Tensor, head: int
 
 def ov_pullback_all(W_V: torch.Tensor, W_O: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-head features of one layer at once: ``[H, d]``."""
-    group = W_O.shape[0] // W_V.shape[0]
-    z = W_O @ y  # [H, d_h]
-    V = W_V.repeat_interleave(group, dim=0)  # [H, d, d_h]
-    return torch.einsum("hdk,hk->hd", V, z)
+    n_heads, n_kv = W_O.shape[0], W_V.shape[0]
+    z = (W_O @ y).reshape(n_kv, n_heads // n_kv, -1)  # [H_kv, group, d_h]: query heads by their value head
+    out = torch.matmul(W_V, z.transpose(1, 2))  # [H_kv, d, group]
+    return out.permute(0, 2, 1).reshape(n_heads, -1)
 
 
 # -- MLPs ----------------------------------------------------------------------------------------
