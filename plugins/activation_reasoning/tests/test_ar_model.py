@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import conceptkit as ck
+from conceptkit_activation_reasoning import detection as det
 from conceptkit_activation_reasoning.dictionary import vector_dictionary
 from conceptkit_activation_reasoning.engine import ActivationReasoner, ARSettings
 from conceptkit_activation_reasoning.steering import ARSteer, concept_direction
+from conceptkit_activation_reasoning.thresholds import best_threshold
 
 SITE = "blocks.0.hook_resid_post"
 NAMES = ["Bridge", "San Francisco", "United States", "Golden Gate Bridge"]
@@ -130,3 +132,34 @@ def test_backend_parity_of_masks_and_deltas(tl) -> None:  # type: ignore[no-unty
     for x, y in zip(a.steps, b.steps):
         torch.testing.assert_close(x.delta, y.delta, atol=1e-4, rtol=0)
     assert a.texts == b.texts
+
+
+def test_output_scope_reasons_over_generated_tokens(tl) -> None:  # type: ignore[no-untyped-def]
+    """scope=output: prompt propositions are ignored; propositions on a generated token fire the rule and steer from the next forward on."""
+    ar, U = _reasoner(tl, scope="output", allow_multi=True, top_output=3)
+    everywhere = ck.Add(site=SITE, vector=SCALE * (U[0] + U[1] + U[2]), positions="all")
+    out = ar.generate(PROMPTS[:1], max_new_tokens=4, interventions=[everywhere])
+    assert out.steps[0].concluded == [[]] and out.steps[0].delta.abs().max() == 0
+    assert out.steps[1].detected == [["Bridge", "San Francisco", "United States"]]
+    assert out.steps[1].concluded == [["Golden Gate Bridge"]] and out.steps[1].delta.abs().max() == 0
+    assert all(s.delta.norm() > 0 for s in out.steps[2:])
+
+
+def test_sae_dictionary_built_from_words_on_a_tiny_model(tl) -> None:  # type: ignore[no-untyped-def]
+    """build_dictionary with an SAE: word labels, top-k latents by mean difference, calibrated strict thresholds; tree kind too."""
+    from conceptkit_activation_reasoning.build import build_dictionary
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 32, generator=g) / 8
+    sae = ck.SAE(W_enc=W, b_enc=torch.zeros(32), W_dec=W.T.contiguous(), b_dec=torch.zeros(64), site=SITE)
+    texts = ["a red cat", "the red dog", "blue sky", "a blue cup", "red and blue", "plain text"]
+    d, enc, data = build_dictionary(tl, SITE, texts, ["red", "blue"], sae=sae, k=4)
+    assert enc is sae and d.indices.shape == (2, 4) and d.kind == "top_k" and d.source == "sae"
+    assert data["labels"][..., 0].sum() == 3 and data["labels"][..., 1].sum() == 3  # last token of each word match
+    a = det.scores(data["latents"], d)
+    for c in range(2):
+        want = best_threshold(a[..., c][data["mask"]], data["labels"][..., c][data["mask"]])[0]
+        assert d.thresholds[c].item() == pytest.approx(want)
+    tree, _, data = build_dictionary(tl, SITE, texts, ["red", "blue"], sae=sae, kind="tree", depth=2, seed=1)
+    p = det.scores(data["latents"], tree)
+    assert tree.kind == "tree" and ((p >= 0) & (p <= 1)).all()
