@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--section", choices=["all", "rankings", "coupling", "lowdata", "parity"], default="all",
                     help="run one section (in parallel processes); the others take the heads from results_rankings.json "
                          "in --out if it exists, else the data-free top heads")
+    ap.add_argument("--shard", default=None, help="coupling only: 'i/k' scores windows i, i+k, ... into scores_i_of_k.pt and stops")
+    ap.add_argument("--merge", type=int, default=None, help="coupling only: read k shard files instead of scoring")
     args = ap.parse_args()
     want = lambda name: args.section in ("all", name)  # noqa: E731
     out = Path(args.out)
@@ -206,17 +208,34 @@ def main() -> None:
         # -- 3. coupling vs measured slope over the corpus ------------------------------------------------------
         heads3 = list(dict.fromkeys(top_df[:3] + top_pp[:3]))
         log(f"scoring >= {args.tokens} corpus tokens at heads {heads3}")
-        windows, corpus_name = corpus_windows(tok, args.tokens, context=128)
-        n_win = windows["input_ids"].shape[0]
+        if args.merge is None:
+            windows, corpus_name = corpus_windows(tok, args.tokens, context=128)
+            n_win = windows["input_ids"].shape[0]
         feats = []
         for l, h in heads3:
             for kind, fn in (("raw", raw_feature), ("ln", ln_feature)):
                 for task in ("subject", "object"):
                     feats.append((l, h, kind, task, as_feature(fn(c, ns[task], l, h), l, h, task)))
-        chunks = [{"input_ids": windows["input_ids"][i:i + 16], "attention_mask": windows["attention_mask"][i:i + 16]} for i in range(0, n_win, 16)]
         t0 = time.perf_counter()
-        S = score_tokens(m, [f[-1] for f in feats], chunks, batch_size=16)
-        report["scoring_seconds"] = time.perf_counter() - t0
+        if args.merge is not None:  # shards scored by parallel processes (--shard i/k)
+            parts = [torch.load(out / f"scores_{i}_of_{args.merge}.pt") for i in range(args.merge)]
+            assert all(p_["labels"] == [f[:4] for f in feats] for p_ in parts), "shards scored other features"
+            S, corpus_name = torch.cat([p_["S"] for p_ in parts]), parts[0]["corpus"]
+            report["scoring_seconds"] = sum(p_["seconds"] for p_ in parts)
+        else:
+            if args.shard is not None:
+                i_sh, k_sh = map(int, args.shard.split("/"))
+                keep = torch.arange(i_sh, n_win, k_sh)
+                windows = {k_: v[keep] for k_, v in windows.items()}
+                n_win = len(keep)
+            chunks = [{"input_ids": windows["input_ids"][i:i + 16], "attention_mask": windows["attention_mask"][i:i + 16]} for i in range(0, n_win, 16)]
+            S = score_tokens(m, [f[-1] for f in feats], chunks, batch_size=16)
+            report["scoring_seconds"] = time.perf_counter() - t0
+            if args.shard is not None:
+                torch.save({"S": S, "labels": [f[:4] for f in feats], "corpus": corpus_name, "seconds": report["scoring_seconds"]},
+                           out / f"scores_{i_sh}_of_{k_sh}.pt")
+                log(f"shard {args.shard}: scored {S.shape[0]} tokens")
+                return
         n_tok = S.shape[0]
         first = torch.zeros(n_tok, dtype=torch.bool)
         first[torch.arange(0, n_tok, 128)] = True
