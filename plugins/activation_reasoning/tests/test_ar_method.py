@@ -48,3 +48,12 @@ def test_method_dictionary_reused_from_store(tmp_path, ck_tiny_model) -> None:  
     assert [t.detected for t in second.traces] == [t.detected for t in first.traces]
     assert [t.fired for t in second.traces] == [t.fired for t in first.traces]
     assert torch.isfinite(torch.tensor(first.thresholds)).all()
+
+
+def test_ar_steer_is_a_registered_component() -> None:
+    """ar_steer round-trips through the core's intervention registry (JSON dump and parse)."""
+    from conceptkit_activation_reasoning.steering import ARSteer
+
+    steer = ARSteer(site="blocks.0.hook_resid_post", direction=torch.tensor([1.0, 0.0, 2.0]), alpha=0.25, positions="last")
+    back = ck.interventions.parse(ck.interventions.dump([steer])[0])
+    assert isinstance(back, ARSteer) and back.alpha == 0.25 and torch.equal(back.direction, steer.direction)
