@@ -43,6 +43,7 @@ class Recipe(pydantic.BaseModel):
     epochs: int
     context: int = 128
     skip_first: int = 1
+    max_norm_ratio: float = 10.0
     batch_size: int = 1024
     lr_scale: float = 4.0
     dead_tokens: int = 100_000
@@ -157,7 +158,8 @@ def build(name: str, site: str, recipe: Recipe, folder: Path, *, model: Any = No
     t0 = time.perf_counter()
     for n_done, i in enumerate(todo):
         part = {k: v[i * chunk : (i + 1) * chunk] for k, v in train.items()}
-        rows = torch.cat(list(site_rows(model, part, site, skip_first=recipe.skip_first, chunk=chunk)))
+        rows = torch.cat(list(site_rows(model, part, site, skip_first=recipe.skip_first, max_norm_ratio=recipe.max_norm_ratio,
+                                        chunk=chunk)))
         save_file({"rows": rows.contiguous()}, str(shards / f"{i:05d}.safetensors"))
         if bar is not None:
             bar.update(int(part["attention_mask"].sum()))
@@ -193,7 +195,8 @@ def build(name: str, site: str, recipe: Recipe, folder: Path, *, model: Any = No
     train_seconds = time.perf_counter() - t1
 
     # 3. a quick held-out check (conceptkit sae eval gives the full figures)
-    metrics = reconstruction_stats(sae, site_rows(model, held, site, skip_first=recipe.skip_first))
+    metrics = reconstruction_stats(sae, site_rows(model, held, site, skip_first=recipe.skip_first,
+                                                  max_norm_ratio=recipe.max_norm_ratio))
     metrics = {f"quick_{k}": v for k, v in metrics.items()}
     metrics.update({"train_fvu_last": trainer.history[-1]["fvu"] if trainer.history else None, "train_rows": n_rows})
     build_seconds = time.perf_counter() - t_start
