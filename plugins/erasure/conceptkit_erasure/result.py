@@ -23,6 +23,8 @@ class SiteReport(pydantic.BaseModel):
 class ErasureResult(ck.Result):
     concept: str = ""
     sites: list[SiteReport] = pydantic.Field(default_factory=list)
+    #: every site an eraser was fitted at (``sites`` holds the probe reports, maybe a subset)
+    erased_sites: list[str] = pydantic.Field(default_factory=list)
     bits_per_byte_before: float = math.nan
     bits_per_byte_after: float = math.nan
     bits_per_byte_random: float | None = None
@@ -33,7 +35,9 @@ class ErasureResult(ck.Result):
 
     def summary(self) -> str:
         lines = [
-            f"concept scrubbing of {self.concept!r}: {len(self.sites)} sites, {self.n_train_tokens} training and "
+            f"concept scrubbing of {self.concept!r}: {len(self.erased_sites or self.sites)} sites erased"
+            + (f" ({len(self.sites)} reported; --set full=true for all)" if len(self.sites) < len(self.erased_sites) else "")
+            + f", {self.n_train_tokens} training and "
             f"{self.n_test_tokens} held-out tokens ({self.positive_fraction:.0%} positive)",
             f"LM loss on held-out text: {self.bits_per_byte_before:.4f} bits/byte before, {self.bits_per_byte_after:.4f} after"
             + (f", {self.bits_per_byte_random:.4f} with random erasers of the same rank" if self.bits_per_byte_random is not None else ""),
@@ -51,7 +55,7 @@ class ErasureResult(ck.Result):
             concept=self.concept,
             description="LEACE concept-scrubbing erasers, one per site (proj_left, proj_right, bias)",
             kind="eraser",
-            site=",".join(r.site for r in self.sites),
+            site=",".join(self.erased_sites or [r.site for r in self.sites]),
             reduction="all",
             metrics={
                 "bits_per_byte_before": self.bits_per_byte_before,

@@ -132,3 +132,13 @@ def test_bad_input_is_refused():
     eraser = LeaceFitter.fit(X, y).eraser
     with pytest.raises(InputError, match="fitted for width 128, got activations of width 64"):
         eraser(torch.zeros(3, 64, dtype=torch.float64))
+
+
+def test_eraser_is_frozen_against_later_updates():
+    """An eraser read from the fitter keeps its values when the fitter is updated again (the library's shares the running mean)."""
+    X, y = data(2, n=400)
+    fitter = LeaceFitter(X.shape[1], 2).update(X[:200], y[:200])
+    eraser = fitter.eraser
+    before = eraser(X[:5]).clone()
+    fitter.update(X[200:] + 3.0, y[200:])
+    assert torch.equal(eraser(X[:5]), before) and not torch.equal(fitter.eraser.bias, eraser.bias)

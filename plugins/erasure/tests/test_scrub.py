@@ -76,3 +76,13 @@ def test_edit_apply_command_serves_erasers(ck_store, capsys):
           "--text", "Room 12 holds 4 boxes."])
     out = capsys.readouterr().out
     assert "bits/byte without" in out and "with:" in out
+
+def test_default_reports_a_spread_of_sites_and_full_reports_all():
+    """By default probe reports cover 8 evenly spaced sites (first and last included); erasers cover every site."""
+    from conceptkit_erasure.method import ErasureConfig, report_subset
+
+    sites = [f"blocks.{i // 2}.ln{1 + i % 2}.hook_out" for i in range(60)]
+    picked = report_subset(sites, 8)
+    assert len(picked) == 8 and picked[0] == sites[0] and picked[-1] == sites[-1] and len(set(picked)) == 8
+    assert report_subset(sites, None) == sites and report_subset(sites[:4], 8) == sites[:4]
+    assert ErasureConfig().report_sites == 8 and not ErasureConfig().full

@@ -15,7 +15,7 @@ def test_digit_concept_is_scrubbed_at_every_site():
     (balanced accuracy, >= 1,000 held-out tokens). The LM loss rises far more than under random
     erasers of the same rank: the model relies on the concept."""
     model = ck.load_model("smollm2-135m", backend="nnsight")
-    result = ck.method("erasure").run(model, {"texts": digit_corpus(120, seed=0), "test_fraction": 0.5})
+    result = ck.method("erasure").run(model, {"texts": digit_corpus(120, seed=0), "test_fraction": 0.5, "report_sites": None})
     print(result.summary())
     assert len(result.sites) == 60 and result.n_test_tokens >= 1000
     for row in result.sites:
