@@ -216,6 +216,7 @@ class ReasoningPolicy(ck.GenerationPolicy):
         s = self.ar.settings
         applied = self.current.applied[-1][:, -1] if self.current.applied else torch.zeros(state.token_ids.shape[0], self.ar.sae.d_in)
         self.current.applied.clear()
+        self.prefill_steer.applied.clear()  # without a KV cache it is re-applied (and logged) at every recompute
         if state.step == 0:
             detected = [d.detected() for d in self.dets]
         else:

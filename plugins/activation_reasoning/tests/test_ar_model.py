@@ -163,3 +163,19 @@ def test_sae_dictionary_built_from_words_on_a_tiny_model(tl) -> None:  # type: i
     tree, _, data = build_dictionary(tl, SITE, texts, ["red", "blue"], sae=sae, kind="tree", depth=2, seed=1)
     p = det.scores(data["latents"], tree)
     assert tree.kind == "tree" and ((p >= 0) & (p <= 1)).all()
+
+
+def test_recomputing_backend_steps_like_the_cached_one() -> None:
+    """On a model without a KV cache (tiny-tl-native) every step still gets alpha*||h|| along the concluded head's direction."""
+    model = ck.load_model("tiny-tl-native", backend="transformer_lens")
+    d_model = model.d_model
+    q, _ = torch.linalg.qr(torch.randn(d_model, 4, generator=torch.Generator().manual_seed(0)))
+    U = q.T.contiguous()
+    d = vector_dictionary(NAMES, U, site=SITE)
+    d.thresholds = torch.full((4,), SCALE / 2)
+    ar = ActivationReasoner(model, d, RULES, settings=ARSettings(top_output=3, allow_multi=True))
+    plant = ck.Add(site=SITE, vector=SCALE * (U[0] + U[1] + U[2]), positions=[1])
+    out = ar.generate(PROMPTS[:1], max_new_tokens=3, interventions=[plant])
+    assert out.inferences[0].concluded == ["Golden Gate Bridge"] and len(out.steps) == 3
+    for s in out.steps:
+        assert torch.nn.functional.cosine_similarity(s.delta[0], U[3], dim=0).item() == pytest.approx(1.0, abs=1e-5)
