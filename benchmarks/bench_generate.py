@@ -19,7 +19,11 @@ import os
 import torch
 
 import conceptkit as ck
-from benchmarks._timing import interleaved, report
+import statistics
+import time
+from collections.abc import Callable
+
+from benchmarks._timing import report
 from conceptkit.generation import GenerationPolicy
 
 LAYER = 12
@@ -34,6 +38,20 @@ PROMPTS = [
     "I went to the restaurant and the food was",
     "Here is a short story about a robot who",
 ]
+
+
+def interleaved_wall_and_cpu(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and process-CPU seconds per call, the contenders run in turn. On a shared
+    machine the CPU time is the steadier measure of the work done (wall time includes waiting)."""
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()}
 
 
 class ReadOne(GenerationPolicy):
@@ -97,18 +115,20 @@ def main() -> None:
     contenders = {"hf_generate_with_hook": hf_generate, "ck_generate_add": ck_add, "ck_generate_add_policy_read1": ck_policy}
     if WITH_TL:
         contenders["ck_generate_add_transformer_lens"] = ck_tl_add
-    times = interleaved({k: keep(k, f) for k, f in contenders.items()}, repeats=REPEATS, warmup=0)
+    times, cpu = interleaved_wall_and_cpu({k: keep(k, f) for k, f in contenders.items()}, REPEATS)
     reference = results["hf_generate_with_hook"]
     for name, ids in results.items():
         assert ids == reference, f"{name} generated other tokens than HF generate"
     n_new = sum(len(r) for r in reference)
     print(f"  {len(PROMPTS)} prompts ({width} tokens padded), {NEW} new tokens max, {n_new} generated in all, greedy, "
           f"median of {REPEATS}")
-    report("steered generation (nnsight backend unless named)", times, "hf_generate_with_hook")
-    add_ratio = times["ck_generate_add"] / times["hf_generate_with_hook"]
-    policy_ratio = times["ck_generate_add_policy_read1"] / times["ck_generate_add"]
-    print(f"  fixed Add vs HF generate:          {add_ratio:.2f}x (target <= 1.20)")
-    print(f"  one-site policy vs fixed Add:      {policy_ratio:.2f}x (target <= 1.15)")
+    report("steered generation, wall time (nnsight backend unless named)", times, "hf_generate_with_hook")
+    report("steered generation, process CPU time", cpu, "hf_generate_with_hook")
+    for label, t in (("wall", times), ("cpu", cpu)):
+        add_ratio = t["ck_generate_add"] / t["hf_generate_with_hook"]
+        policy_ratio = t["ck_generate_add_policy_read1"] / t["ck_generate_add"]
+        print(f"  [{label}] fixed Add vs HF generate: {add_ratio:.2f}x (target <= 1.20); "
+              f"one-site policy vs fixed Add: {policy_ratio:.2f}x (target <= 1.15)")
 
 
 if __name__ == "__main__":

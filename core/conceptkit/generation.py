@@ -30,15 +30,22 @@ Positions
     ``"prompt"`` rows or ``"new"`` (generated) rows.
 
 Policies
-    A :class:`GenerationPolicy` reads sites after every forward and returns the interventions for
-    the *next* forward. A read sees the site after the interventions there (what the rest of
-    the model sees). ``policy.positions`` chooses their rows: ``"last"`` (default) the next
-    forward's newest row only; ``"new"`` every generated row; ``"all"`` every row, prompt
-    included. Rows already in the cache were computed under earlier decisions, so when a
+    A :class:`GenerationPolicy` reads sites after every forward (a read sees the site after the
+    interventions there, i.e. what the rest of the model sees) and returns the interventions for
+    the *next* forward. ``policy.positions`` chooses the rows they act on: ``"last"`` (default)
+    the next forward's newest row only; ``"new"`` every generated row; ``"all"`` every row,
+    prompt included; an intervention's own ``positions`` narrow that further, and a
+    :class:`RowScoped` entry limits it to some rows of the batch. Rows already in the cache were computed under earlier decisions, so when a
     ``"new"``/``"all"`` policy changes its interventions, the affected rows are recomputed
     (the cache is cropped to the prompt, or dropped); returning the same interventions again
     costs one row. Without a KV cache, ``"last"`` interventions of a policy act on the newest
     row only, and earlier rows are recomputed without them.
+
+Sampling and EOS
+    ``temperature=0`` is greedy; ``temperature > 0`` samples, after HF's top-k then top-p
+    filters, from a ``torch.Generator`` seeded by ``seed`` (the same seed draws what HF
+    ``generate`` draws after ``torch.manual_seed``; tested). A row ends at the tokenizer's EOS,
+    which ``token_ids`` keeps and the text drops; the batch stops when every row has ended.
 
 Chat
     ``chat=True`` applies the tokenizer's chat template (``add_generation_prompt=True``) to each
@@ -52,7 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
