@@ -249,6 +249,7 @@ from conceptkit.cli_edit import edit  # noqa: E402
 
 cli.add_command(edit)
 cli.add_command(__import__("conceptkit.cli_sae", fromlist=["sae"]).sae)  # conceptkit sae ...
+cli.add_command(__import__("conceptkit.cli_capture", fromlist=["capture"]).capture)  # conceptkit capture [--ray]
 
 
 def main(argv: list[str] | None = None) -> None:
