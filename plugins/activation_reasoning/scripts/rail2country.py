@@ -1,7 +1,8 @@
 """A Rail2Country-style task on SmolLM2-135M: accuracy with and without ActivationReasoning.
 
-Written for the project (not the HF dataset): the prompt lists 8 rules "If the colors are A, B and
-C, then the country of origin is X." (arbitrary colour triples, so world knowledge of flags does
+Written for the project (not the HF dataset): the prompt lists 8 rules "A, B and C -> X" (train
+colours to country of origin; a compact form of Rail2Country's "If the colors are ..." lines, to
+fit the CPU budget; arbitrary colour triples, so world knowledge of flags does
 not help), then describes a three-car train; the answer is the country. Splits:
 
 * ``mono``: the cars' colours are named ("the first car is red");
@@ -63,7 +64,7 @@ NEUTRAL = ["The weather was nice today.", "He read a book in the evening.", "The
 
 
 def rule_text(rules: list[tuple[tuple[str, str, str], str]]) -> str:
-    return "Rules:\n" + "\n".join(f"If the colors are {a}, {b} and {c}, then the country of origin is {x}." for (a, b, c), x in rules) + "\n"
+    return "Rules (train colors -> country of origin):\n" + "\n".join(f"{a}, {b} and {c} -> {x}" for (a, b, c), x in rules) + "\n"
 
 
 def task(split: str, seed: int = 0) -> list[dict]:
@@ -85,7 +86,7 @@ def example_sentences(templates: list[str], seed: int) -> tuple[list[str], list[
     texts, concepts = [], []
     for c in COLOURS:
         for t in templates:
-            for o in rng.sample(OBJECTS, 3):
+            for o in rng.sample(OBJECTS, 2):
                 texts.append(t.format(o=o, c=c))
                 concepts.append([c])
     return texts, concepts
@@ -100,7 +101,7 @@ def main() -> None:
     ap.add_argument("--splits", default="mono,meta")
     ap.add_argument("--backend", default="transformer_lens")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--new-tokens", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -157,11 +158,11 @@ def main() -> None:
             "fired_correct": fired_ok / n, "all_colours_detected": detected_ok / n, "example_prompt": items[0]["context"] + items[0]["question"],
         }
         print(json.dumps({split: report["splits"][split]}, default=str)[:600], flush=True)
-    report["seconds"] = time.time() - t0
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out) / f"rail2country_{args.source}_alpha{args.alpha}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {path}")
+        report["seconds"] = time.time() - t0
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        path = Path(args.out) / f"rail2country_{args.source}_alpha{args.alpha}.json"
+        path.write_text(json.dumps(report, indent=2, default=str))  # after every split
+        print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
