@@ -221,6 +221,26 @@ class NNsightModel(HFModel):
         super().__init__(hf_model, tok, name, padding_side)
 
     backend_distribution: ClassVar[str] = "nnsight"
+    _trace_executor: Any = None  # set by with_executor("trace"); None: the hook executor
+
+    def with_executor(self, kind: str = "trace", *, remote: bool | str = False) -> "NNsightModel":
+        """A view of this model (same weights) whose plans run as nnsight traces (``"trace"``,
+        ``remote`` False | "local" | True; conceptkit.scale.nnsight_trace) or hooks (``"hooks"``)."""
+        import copy
+
+        from conceptkit.errors import CapabilityError
+        from conceptkit.scale.nnsight_trace import TraceExecutor
+
+        if kind not in ("trace", "hooks"):
+            raise CapabilityError(f"executor must be 'trace' or 'hooks', got {kind!r}")
+        view = copy.copy(self)
+        view._trace_executor = TraceExecutor(view, remote=remote) if kind == "trace" else None
+        return view
+
+    def execute(self, plan: Any) -> Any:
+        if self._trace_executor is not None:
+            return self._trace_executor.execute(plan)
+        return super().execute(plan)
 
 
 class TransformersBackend:

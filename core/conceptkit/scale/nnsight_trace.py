@@ -1,0 +1,211 @@
+"""The nnsight trace executor: a Plan compiled into one ``nn_model.trace(...)``.
+
+The hook executor (the default) runs torch hooks on the in-process module. This one expresses a
+plan in nnsight's own terms, so it can run where nnsight runs: ``remote=False`` (here, through
+nnsight's interleaver), ``remote="local"`` (nnsight serialises the trace exactly as for NDIF,
+deserialises it with non-installed modules hidden and runs it here) and ``remote=True`` (NDIF).
+
+How a plan becomes a trace: every read and intervention site maps to a module's input or output
+(``Tap`` with the identity view); the steps are ordered as the modules run; at each step the
+trace body (:func:`_trace_body`, plain torch and nnsight, no conceptkit code, so a server can run
+it) applies the interventions (``add``, ``scale``, ``replace``, ``affine``, ``project_out``, each
+as ``torch.where(mask, new, x)`` with the token mask computed on the client), writes the value
+back through nnsight's assignment (``envoy.output = ...``), and ``.save()``s the value for reads.
+Token reductions happen on the client from the saved ``[B, T, ...]`` values, with the same
+function as the hook executor, so results agree (≤1e-5; in practice bit for bit on CPU).
+
+What cannot be expressed is refused before anything is sent (:class:`~conceptkit.errors.CapabilityError`):
+gradient plans, plugin intervention ops, virtual sites (SAE latents), sites read through a view
+(attention heads, patterns, norm scales). Select it with ``model.with_executor("trace", remote=...)``
+on an nnsight model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from conceptkit.data import reduce_site
+from conceptkit.errors import CapabilityError
+from conceptkit.plans import Plan, PlanOutput
+
+if TYPE_CHECKING:
+    from conceptkit.backends.hf import HFModel
+
+_EXPRESSIBLE = ("add", "scale", "replace", "affine", "project_out")
+
+
+@dataclass
+class _Step:
+    path: str
+    io: str
+    ops: list[tuple[str, torch.Tensor, Any, Any]] = field(default_factory=list)
+    read: bool = False
+
+    def as_tuple(self) -> tuple[str, str, list, bool]:
+        return (self.path, self.io, self.ops, self.read)
+
+
+def _trace_body(nn_model: Any, inputs: dict[str, torch.Tensor], steps: list, want: str, remote: Any) -> tuple[list, Any]:
+    """The trace nnsight compiles and (for remote runs) ships: torch and nnsight only."""
+    saved = []
+    result = None
+    with nn_model.trace(inputs, remote=remote):
+        for path, io, ops, read in steps:
+            env = nn_model.get(path)
+            val = env.output if io == "output" else env.input
+            x = val[0] if isinstance(val, tuple) else val
+            for kind, mask, a, b in ops:
+                if kind == "add":
+                    new = x + a.to(x.dtype)
+                elif kind == "scale":
+                    new = x * a
+                elif kind == "replace":
+                    new = a.to(x.dtype).expand_as(x)
+                elif kind == "affine":
+                    new = x @ a.to(x.dtype).T
+                    if b is not None:
+                        new = new + b.to(x.dtype)
+                else:  # project_out: a = orthonormal basis [d, k]
+                    q = a.to(x.dtype)
+                    new = x - (x @ q) @ q.T
+                m = mask.reshape(mask.shape[0], mask.shape[1], *([1] * (x.dim() - 2)))
+                x = torch.where(m, new, x)
+            if ops:
+                if io == "output":
+                    env.output = (x, *val[1:]) if isinstance(val, tuple) else x
+                else:
+                    env.input = x
+            if read:
+                saved.append(x.save())
+        if want != "none":
+            out = nn_model.output
+            result = (out["logits"] if want == "logits" else out["last_hidden_state"]).save()
+    return saved, result
+
+
+class TraceExecutor:
+    """Executes plans as nnsight traces on an nnsight-backed model (see the module docstring)."""
+
+    def __init__(self, model: "HFModel", remote: bool | str = False) -> None:
+        nn_model = getattr(model, "nnsight_model", None)
+        if nn_model is None:
+            raise CapabilityError(
+                f"the trace executor needs a model loaded with backend='nnsight', got backend {model.backend_name!r}"
+            )
+        if remote not in (False, True, "local"):
+            raise CapabilityError(f"remote must be False, True or 'local', got {remote!r}")
+        self.model, self.nn_model, self.remote = model, nn_model, remote
+
+    # -- compiling ---------------------------------------------------------------------------------
+    def _where(self, site: str) -> tuple[str, str, int]:
+        """(module path, io, execution rank) of a site; refuses sites a trace cannot reach."""
+        model = self.model
+        if site in model._virtual_sites:
+            raise CapabilityError(f"site {site!r} is a virtual site (computed by conceptkit code); the trace executor cannot run it")
+        order = self._order()
+        if site in model._sites:
+            from conceptkit.sites import parse
+
+            parsed = parse(site)
+            tap = model.family.taps[parsed.kind]
+            if tap.view != "identity":
+                raise CapabilityError(
+                    f"site {site!r} is read through a {tap.view!r} view, which the trace executor does not express; "
+                    "use the hook executor"
+                )
+            path = model._path(parsed.kind, parsed.layer)
+            io = tap.io
+        else:
+            path, _, io = site.partition(":")
+            io = io or "output"
+            if path not in model._modules or io not in ("input", "output"):
+                raise CapabilityError(f"site {site!r} is not a module input/output the trace executor can reach")
+        assert path is not None
+        return path, io, order[(path, io)]
+
+    def _order(self) -> dict[tuple[str, str], int]:
+        """Rank of each module input and output in a forward: a module's input comes before its
+        children's, its output after theirs (children in registration order, which is how the
+        HF transformer families call them)."""
+        if getattr(self, "_ranks", None) is None:
+            ranks: dict[tuple[str, str], int] = {}
+
+            def walk(module: torch.nn.Module, path: str) -> None:
+                ranks[(path, "input")] = len(ranks)
+                for name, child in module.named_children():
+                    walk(child, f"{path}.{name}" if path else name)
+                ranks[(path, "output")] = len(ranks)
+
+            walk(self.model.hf, "")
+            self._ranks = ranks
+        return self._ranks
+
+    def compile(self, plan: Plan) -> list[_Step]:
+        """The plan as ordered trace steps; raises CapabilityError for anything not expressible."""
+        if plan.grad is not None:
+            raise CapabilityError(
+                "the trace executor does not run gradient plans (model.grad); use the hook executor"
+            )
+        steps: dict[tuple[str, str], tuple[int, _Step]] = {}
+
+        def step(site: str) -> _Step:
+            path, io, rank = self._where(site)
+            if (path, io) not in steps:
+                steps[(path, io)] = (rank, _Step(path, io))
+            return steps[(path, io)][1]
+
+        for item in plan.interventions:
+            op = getattr(item, "op", type(item).__name__)
+            if op not in _EXPRESSIBLE:
+                raise CapabilityError(
+                    f"intervention op {op!r} cannot be expressed in an nnsight trace (it runs conceptkit or plugin code); "
+                    f"the trace executor supports {', '.join(_EXPRESSIBLE)}"
+                )
+            mask = plan.batch.position_mask(item.positions)
+            step(item.site).ops.append((op, mask, *self._params(item)))
+        for read in plan.reads:
+            step(read.site).read = True
+        return [s for _, s in sorted(steps.values(), key=lambda rs: rs[0])]
+
+    @staticmethod
+    def _params(item: Any) -> tuple[Any, Any]:
+        op = item.op
+        if op == "add":
+            return item.coeff * item.vector, None
+        if op == "scale":
+            return float(item.factor), None
+        if op == "replace":
+            return item.value, None
+        if op == "affine":
+            return item.weight, item.bias
+        dirs = item.directions.reshape(-1, item.directions.shape[-1])
+        q, _ = torch.linalg.qr(dirs.to(torch.float64).T)
+        return q, None
+
+    # -- running -----------------------------------------------------------------------------------
+    def execute(self, plan: Plan) -> PlanOutput:
+        steps = self.compile(plan)  # every refusal happens here, before anything is sent
+        batch, model = plan.batch, self.model
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+        want = "none"
+        if plan.output != "none":
+            want = "logits" if not model.is_encoder else "last_hidden_state"
+        saved, result = _trace_body(self.nn_model, inputs, [s.as_tuple() for s in steps], want, self.remote)
+        values = iter(saved)
+        by_path = {}
+        for s in steps:
+            if s.read:
+                by_path[(s.path, s.io)] = next(values)
+        out = PlanOutput()
+        for read in plan.reads:
+            path, io, _ = self._where(read.site)
+            t = by_path[(path, io)]
+            out.reads[read.site] = reduce_site(t.detach(), batch, read.reduce, read.site).to("cpu", plan.read_dtype).clone()
+        if plan.output == "logits":
+            out.output = result.detach()
+        elif plan.output == "reduced":
+            out.output = reduce_site(result.detach(), batch, plan.output_reduce).float().cpu()
+        return out
