@@ -18,6 +18,10 @@ class ARConfig(ck.MethodConfig):
         "(mean differences of the activations) instead of SAE latents",
     )
     dictionary: str | None = pydantic.Field(None, description="a stored concept_dictionary record id (skips building)")
+    vectors: dict[str, str] | None = pydantic.Field(
+        None, description="concept name -> stored concept-vector record id (CAV, mean difference): a vector dictionary without an SAE; "
+        "thresholds calibrated on examples when given, else 0",
+    )
     examples: list[str] = pydantic.Field(default_factory=list, description="labelled example texts for building the dictionary")
     concepts: list[str] = pydantic.Field(default_factory=list, description="concept names (matched as words in the examples)")
     label: Literal["word", "sentence"] = "word"

@@ -230,3 +230,28 @@ def vector_dictionary(names: list[str], vectors: torch.Tensor, site: str | None 
     return ConceptDictionary(names=list(names), indices=torch.arange(C)[:, None], weights=torch.ones(C, 1), thresholds=torch.zeros(C),
                              kind="top_k", source="vectors", site=site, sae_ref=",".join(parents or []) or None, vectors=U,
                              vector_bias=None if center is None else -(U @ center.float()))
+
+
+def stored_vector_dictionary(store: Any, records: dict[str, str], site: str | None = None, tensor: str | None = None) -> ConceptDictionary:
+    """A vector dictionary from concept vectors in the store (CAVs, mean differences): ``records``
+    maps each concept name to a record id; ``tensor`` names the tensor (default: the record's only
+    one, or ``"vector"``). The records' site is used when ``site`` is not given (all must agree)."""
+    vecs, sites = [], set()
+    for name, rid in records.items():
+        rec = store.get(rid)
+        t = store.tensors(rid)
+        key = tensor or ("vector" if "vector" in t else (next(iter(t)) if len(t) == 1 else None))
+        if key is None or key not in t:
+            raise InputError(f"record {rid!r} ({name}) has tensors {sorted(t)}; say which one with tensor=")
+        v = t[key].float().reshape(-1)
+        vecs.append(v)
+        if rec.site:
+            sites.add(rec.site)
+    if site is None:
+        if len(sites) > 1:
+            raise InputError(f"the concept vectors come from different sites {sorted(sites)}; pass site=")
+        site = next(iter(sites), None)
+    widths = {v.numel() for v in vecs}
+    if len(widths) != 1:
+        raise InputError(f"the concept vectors have different widths {sorted(widths)}")
+    return vector_dictionary(list(records), torch.stack(vecs), site=site, parents=list(records.values()))

@@ -44,7 +44,22 @@ class ActivationReasoning(ck.Method):
         cfg = validate_config(self.Config, config, self.name)
         site = cfg.site or default_site(model)
         sae = resolve_sae(model, cfg.sae, site, store)
-        if cfg.dictionary:
+        if cfg.vectors:
+            from conceptkit_activation_reasoning import detection as det
+            from conceptkit_activation_reasoning.build import labels_for, padded_activations
+            from conceptkit_activation_reasoning.dictionary import stored_vector_dictionary, vector_sae
+
+            if store is None:
+                raise ck.InputError("vectors=<record ids> needs a store")
+            d = stored_vector_dictionary(store, cfg.vectors, site=cfg.site)
+            site, sae = d.site or site, None
+            if cfg.examples:
+                h, mask, ids = padded_activations(model, cfg.examples, site, cfg.batch_size)
+                d.vector_bias = -(d.vectors @ h[mask].mean(0))  # type: ignore[operator]
+                sae = vector_sae(d.vectors, site, d.vector_bias)  # type: ignore[arg-type]
+                lab = labels_for(model, cfg.examples, ids, d.names, cfg.label, cfg.example_concepts, cfg.concept_token, h.shape[1])
+                det.calibrate(d, sae.encode(h) * mask[..., None], lab, mask, top_output=cfg.top_output, k_c=cfg.k_c)
+        elif cfg.dictionary:
             if store is None:
                 raise ck.InputError("dictionary=<record id> needs a store")
             d = ConceptDictionary.from_record(store, cfg.dictionary)

@@ -57,3 +57,17 @@ def test_ar_steer_is_a_registered_component() -> None:
     steer = ARSteer(site="blocks.0.hook_resid_post", direction=torch.tensor([1.0, 0.0, 2.0]), alpha=0.25, positions="last")
     back = ck.interventions.parse(ck.interventions.dump([steer])[0])
     assert isinstance(back, ARSteer) and back.alpha == 0.25 and torch.equal(back.direction, steer.direction)
+
+
+def test_dictionary_from_stored_concept_vectors(tmp_path, ck_tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """vectors={name: record id} builds a vector dictionary from stored vectors, calibrated on the examples (no SAE)."""
+    from conceptkit.api import RecordDraft
+
+    model = ck_tiny_model("tiny-llama")
+    store = ck.open_store(tmp_path / "s")
+    g = torch.Generator().manual_seed(0)
+    ids = {c: store.put(RecordDraft(tensors={"vector": torch.randn(64, generator=g)}, concept=c, site=CONFIG["site"])).id for c in ("red", "blue")}
+    cfg = {**CONFIG, "concepts": [], "vectors": ids}
+    res = ck.method("activation_reasoning").run(model, cfg, store=store)
+    assert res.source == "vectors" and res.concepts == ["red", "blue"] and len(res.train_balanced_accuracy) == 2
+    assert res.site == CONFIG["site"] and len(res.traces) == 2
