@@ -76,3 +76,12 @@ def test_hook_executor_stays_default(models) -> None:
     hooks, trace = models
     assert hooks._trace_executor is None and trace._trace_executor is not None
     assert trace.with_executor("hooks")._trace_executor is None
+
+
+def test_nll_equals_hooks(models) -> None:
+    """nll (a logits plan) under remote="local" equals the hook executor, with an intervention too."""
+    hooks, trace = models
+    iv = [Scale(site="blocks.0.hook_resid_post", factor=1.5)]
+    for ivs in ([], iv):
+        (a, na), (b, nb) = hooks.nll(TEXTS, ivs, batch_size=2), trace.nll(TEXTS, ivs, batch_size=2)
+        assert torch.equal(na, nb) and torch.allclose(a, b, atol=1e-5, rtol=0)
