@@ -37,7 +37,7 @@ VERSION = "v1"
 
 def cache_root() -> Path:
     """``$CONCEPTKIT_CACHE/tcav`` or the user cache folder's ``tcav`` (see the module docstring)."""
-    from conceptkit.models import cache_dir  # TODO(public-surface): no public cache_dir yet
+    from conceptkit.api import cache_dir
 
     return cache_dir() / "tcav"
 

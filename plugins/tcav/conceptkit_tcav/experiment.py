@@ -59,9 +59,9 @@ class Runs:
 def fit_runs(pos: torch.Tensor, neg: torch.Tensor, G: torch.Tensor, recipe: Recipe, seed: int, negate: bool = False,
              check_finite: bool = True) -> Runs:
     """CAVs for ``pos [P, n1, d]`` vs ``neg [P, n0, d]`` and their scores on gradients ``G [N, d]``."""
-    from conceptkit.api import probes  # fit_probes is not yet a top-level public name
+    from conceptkit.api import fit_probes
 
-    batch = probes.fit_probes(
+    batch = fit_probes(
         pos, neg, recipe.kind, C=recipe.C, class_weight=recipe.class_weight, standardize=recipe.standardize,  # type: ignore[arg-type]
         test_size=recipe.test_size, seed=seed, normalize=recipe.normalize, check_finite=check_finite,
     )
