@@ -53,8 +53,22 @@ def test_run_with_interventions_equals_hooks(models) -> None:
     assert torch.allclose(ca["blocks.1.hook_resid_post"], cb["blocks.1.hook_resid_post"], atol=1e-5, rtol=0)
 
 
+def test_grad_linear_objectives_equal_hooks(models) -> None:
+    """grad of token_logit / logit_diff / logit_functional under remote="local" equals hooks (≤1e-5), interventions too."""
+    hooks, trace = models
+    site = "blocks.0.hook_resid_post"
+    ivs = [Scale(site="blocks.0.hook_attn_out", factor=0.7)]
+    for obj in ({"kind": "token_logit", "token": 3}, {"kind": "logit_diff", "positive": 5, "negative": 7},
+                {"kind": "logit_functional", "weights": {3: 1.0, 9: -0.5}}):
+        for reduce in ("last", "mean"):
+            a = hooks.grad(TEXTS, site, obj, reduce=reduce, interventions=ivs, batch_size=2)
+            b = trace.grad(TEXTS, site, obj, reduce=reduce, interventions=ivs, batch_size=2)
+            a, b = (getattr(a, "grads", a), getattr(b, "grads", b))
+            assert torch.allclose(a, b, atol=1e-5, rtol=0), (obj, reduce)
+
+
 def test_inexpressible_plans_refused_before_sending(models, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gradient plans, view sites and plugin ops raise CapabilityError before any trace is built."""
+    """Non-linear objectives, callables, view sites and non-nnsight models raise CapabilityError before any trace."""
     import conceptkit.scale.nnsight_trace as nt
 
     hooks, trace = models
@@ -63,12 +77,14 @@ def test_inexpressible_plans_refused_before_sending(models, monkeypatch: pytest.
         raise AssertionError("a trace was sent")
 
     monkeypatch.setattr(nt, "_trace_body", boom)
-    with pytest.raises(CapabilityError, match="gradient"):
-        trace.grad(TEXTS[:1], "blocks.0.hook_resid_post", ck.TokenLogit(token=3) if hasattr(ck, "TokenLogit") else {"kind": "token_logit", "token": 3})
+    with pytest.raises(CapabilityError, match="objective kind 'loss'"):
+        trace.grad(TEXTS[:1], "blocks.0.hook_resid_post", {"kind": "loss"})
+    with pytest.raises(CapabilityError, match="Python callable"):
+        trace.grad(TEXTS[:1], "blocks.0.hook_resid_post", lambda out, batch: out[:, -1, 0])
     with pytest.raises(CapabilityError, match="view"):
         trace.capture(TEXTS[:1], "blocks.0.attn.hook_pattern")
     with pytest.raises(CapabilityError, match="trace executor needs"):
-        ck.scale.nnsight_trace.TraceExecutor(ck.load_model("tiny-gpt2", backend="transformers"))
+        nt.TraceExecutor(ck.load_model("tiny-gpt2", backend="transformers"))
 
 
 def test_hook_executor_stays_default(models) -> None:

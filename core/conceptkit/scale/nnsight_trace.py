@@ -15,7 +15,8 @@ Token reductions happen on the client from the saved ``[B, T, ...]`` values, wit
 function as the hook executor, so results agree (≤1e-5; in practice bit for bit on CPU).
 
 What cannot be expressed is refused before anything is sent (:class:`~conceptkit.errors.CapabilityError`):
-gradient plans, plugin intervention ops, virtual sites (SAE latents), sites read through a view
+gradient plans whose objective is not linear in the logits (loss, log-probabilities, inner-site
+functionals, Python callables), plugin intervention ops, virtual sites (SAE latents), sites read through a view
 (attention heads, patterns, norm scales). Select it with ``model.with_executor("trace", remote=...)``
 on an nnsight model.
 """
@@ -43,17 +44,25 @@ class _Step:
     io: str
     ops: list[tuple[str, torch.Tensor, Any, Any]] = field(default_factory=list)
     read: bool = False
+    grad: bool = False  # the gradient is taken w.r.t. this value (after the interventions here)
 
-    def as_tuple(self) -> tuple[str, str, list, bool]:
-        return (self.path, self.io, self.ops, self.read)
+    def as_tuple(self) -> tuple[str, str, list, bool, bool]:
+        return (self.path, self.io, self.ops, self.read, self.grad)
 
 
-def _trace_body(nn_model: Any, inputs: dict[str, torch.Tensor], steps: list, want: str, remote: Any) -> tuple[list, Any]:
-    """The trace nnsight compiles and (for remote runs) ships: torch and nnsight only."""
+def _trace_body(nn_model: Any, inputs: dict[str, torch.Tensor], steps: list, want: str, remote: Any,
+                objective: Any = None) -> tuple[list, Any, Any]:
+    """The trace nnsight compiles and (for remote runs) ships: torch and nnsight only.
+
+    ``objective`` (gradient plans): ``(b, t, v, w)`` index tensors and weights of a linear
+    functional of the logits, ``Σ w · logits[b, t, v]``; its gradient w.r.t. the value marked
+    ``grad`` is read with nnsight's ``.grad`` inside ``loss.backward()``."""
     saved = []
     result = None
+    grad = None
+    leaf = None
     with nn_model.trace(inputs, remote=remote):
-        for path, io, ops, read in steps:
+        for path, io, ops, read, wants_grad in steps:
             env = nn_model.get(path)
             val = env.output if io == "output" else env.input
             x = val[0] if isinstance(val, tuple) else val
@@ -73,17 +82,27 @@ def _trace_body(nn_model: Any, inputs: dict[str, torch.Tensor], steps: list, wan
                     new = x - (x @ q) @ q.T
                 m = mask.reshape(mask.shape[0], mask.shape[1], *([1] * (x.dim() - 2)))
                 x = torch.where(m, new, x)
-            if ops:
+            if wants_grad:
+                x = x.detach().requires_grad_(True)
+                leaf = x
+            if ops or wants_grad:
                 if io == "output":
                     env.output = (x, *val[1:]) if isinstance(val, tuple) else x
                 else:
                     env.input = x
             if read:
                 saved.append(x.save())
-        if want != "none":
+        if want != "none" or objective is not None:
             out = nn_model.output
-            result = (out["logits"] if want == "logits" else out["last_hidden_state"]).save()
-    return saved, result
+            full = out["logits"] if want != "last_hidden_state" else out["last_hidden_state"]
+            if want != "none":
+                result = full.save()
+            if objective is not None:
+                b, t, v, w = objective
+                loss = (full[b, t, v] * w.to(full.dtype)).sum()
+                with loss.backward():
+                    grad = leaf.grad.save()
+    return saved, result, grad
 
 
 class TraceExecutor:
@@ -145,10 +164,6 @@ class TraceExecutor:
 
     def compile(self, plan: Plan) -> list[_Step]:
         """The plan as ordered trace steps; raises CapabilityError for anything not expressible."""
-        if plan.grad is not None:
-            raise CapabilityError(
-                "the trace executor does not run gradient plans (model.grad); use the hook executor"
-            )
         steps: dict[tuple[str, str], tuple[int, _Step]] = {}
 
         def step(site: str) -> _Step:
@@ -168,6 +183,8 @@ class TraceExecutor:
             step(item.site).ops.append((op, mask, *self._params(item)))
         for read in plan.reads:
             step(read.site).read = True
+        if plan.grad is not None:
+            step(plan.grad.site).grad = True
         return [s for _, s in sorted(steps.values(), key=lambda rs: rs[0])]
 
     @staticmethod
@@ -185,15 +202,47 @@ class TraceExecutor:
         q, _ = torch.linalg.qr(dirs.to(torch.float64).T)
         return q, None
 
+    def _linear_objective(self, plan: Plan) -> tuple[torch.Tensor, ...]:
+        """The objective as ``Σ w · logits[b, t, v]``: found on the client as the gradient of the
+        objective at zero logits. Only objectives linear in the logits qualify (token logits,
+        logit differences, logit functionals without log-probabilities); others are refused."""
+        from conceptkit.objectives import as_objective
+
+        request = plan.grad
+        assert request is not None
+        if request.return_activations:
+            raise CapabilityError("return_activations is not supported by the trace executor; use the hook executor")
+        obj = request.objective
+        kind = obj.get("kind") if isinstance(obj, dict) else getattr(obj, "kind", None)
+        if kind not in ("token_logit", "logit_diff", "logit_functional") or (
+            getattr(obj, "log_prob", False) if not isinstance(obj, dict) else obj.get("log_prob", False)
+        ):
+            what = f"objective kind {kind!r}" if kind else "a Python callable objective"
+            raise CapabilityError(
+                f"{what} cannot be expressed in an nnsight trace; the trace executor takes objectives linear in the "
+                "logits (token_logit, logit_diff, logit_functional without log_prob); use the hook executor"
+            )
+        model, batch = self.model, plan.batch
+        if model.is_encoder:
+            raise CapabilityError("the trace executor takes gradients of language-model logits only")
+        fn = as_objective(obj, model)
+        B, T = batch.input_ids.shape
+        V = model.hf.get_output_embeddings().weight.shape[0]
+        zeros = torch.zeros(B, T, V, requires_grad=True)
+        (w,) = torch.autograd.grad(fn(zeros, batch).sum(), zeros)
+        b, t, v = w.nonzero(as_tuple=True)
+        return b, t, v, w[b, t, v]
+
     # -- running -----------------------------------------------------------------------------------
     def execute(self, plan: Plan) -> PlanOutput:
         steps = self.compile(plan)  # every refusal happens here, before anything is sent
+        objective = self._linear_objective(plan) if plan.grad is not None else None
         batch, model = plan.batch, self.model
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
         want = "none"
         if plan.output != "none":
             want = "logits" if not model.is_encoder else "last_hidden_state"
-        saved, result = _trace_body(self.nn_model, inputs, [s.as_tuple() for s in steps], want, self.remote)
+        saved, result, grad = _trace_body(self.nn_model, inputs, [s.as_tuple() for s in steps], want, self.remote, objective)
         values = iter(saved)
         by_path = {}
         for s in steps:
@@ -204,6 +253,12 @@ class TraceExecutor:
             path, io, _ = self._where(read.site)
             t = by_path[(path, io)]
             out.reads[read.site] = reduce_site(t.detach(), batch, read.reduce, read.site).to("cpu", plan.read_dtype).clone()
+        if plan.grad is not None:
+            from conceptkit.data import scatter_grad_reduction
+
+            if grad is None:
+                raise CapabilityError(f"no gradient reached site {plan.grad.site!r} (is it computed after the logits?)")
+            out.grads = scatter_grad_reduction(grad, batch, plan.grad.reduce, plan.grad.site).float().cpu()
         if plan.output == "logits":
             out.output = result.detach()
         elif plan.output == "reduced":
