@@ -86,3 +86,19 @@ def test_default_reports_a_spread_of_sites_and_full_reports_all():
     assert len(picked) == 8 and picked[0] == sites[0] and picked[-1] == sites[-1] and len(set(picked)) == 8
     assert report_subset(sites, None) == sites and report_subset(sites[:4], 8) == sites[:4]
     assert ErasureConfig().report_sites == 8 and not ErasureConfig().full
+
+
+def test_one_pass_fit_equals_site_by_site_fit():
+    """Fitting every eraser in one forward pass gives the site-by-site (one capture per site) erasers."""
+    from conceptkit_erasure.corpus import digit_corpus, token_labels
+    from conceptkit_erasure.scrub import fit_scrubber
+
+    model = ck.load_model("tiny-llama")
+    texts = digit_corpus(24, seed=1)
+    labels = token_labels(model, texts, "digit")
+    fast = fit_scrubber(model, texts, labels)
+    slow = fit_scrubber(model, texts, labels, one_pass_max_texts=0)
+    assert list(fast.erasers) == list(slow.erasers) and len(fast.erasers) == 2 * model.n_layers
+    probe = model.capture(texts[:4], list(fast.erasers), reduce="all")
+    for site in fast.erasers:
+        assert torch.allclose(fast.erasers[site](probe[site].double()), slow.erasers[site](probe[site].double()), atol=1e-4)
