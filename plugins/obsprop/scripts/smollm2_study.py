@@ -220,6 +220,7 @@ def main() -> None:
         if args.merge is not None:  # shards scored by parallel processes (--shard i/k)
             parts = [torch.load(out / f"scores_{i}_of_{args.merge}.pt") for i in range(args.merge)]
             assert all(p_["labels"] == [f[:4] for f in feats] for p_ in parts), "shards scored other features"
+            assert len({p_["corpus"] for p_ in parts}) == 1, f"shards scored different corpora: {[p_['corpus'] for p_ in parts]}"
             S, corpus_name = torch.cat([p_["S"] for p_ in parts]), parts[0]["corpus"]
             report["scoring_seconds"] = sum(p_["seconds"] for p_ in parts)
         else:
