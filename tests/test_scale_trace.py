@@ -101,3 +101,15 @@ def test_nll_equals_hooks(models) -> None:
     for ivs in ([], iv):
         (a, na), (b, nb) = hooks.nll(TEXTS, ivs, batch_size=2), trace.nll(TEXTS, ivs, batch_size=2)
         assert torch.equal(na, nb) and torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_smollm2_trace_capture_and_run_equal_hooks() -> None:
+    """On SmolLM2, remote="local" capture (mean) and run with a steering Add equal the hook executor (≤1e-5)."""
+    m = ck.load_model("smollm2-135m", backend="nnsight")
+    t = m.with_executor("trace", remote="local")
+    site = "blocks.9.hook_resid_post"
+    a, b = m.capture(TEXTS, site, "mean"), t.capture(TEXTS, site, "mean")
+    assert torch.allclose(a[site], b[site], atol=1e-5, rtol=0)
+    iv = [Add(site="blocks.3.hook_resid_post", vector=torch.ones(m.d_model), coeff=2.0)]
+    assert torch.allclose(m.run(TEXTS, interventions=iv), t.run(TEXTS, interventions=iv), atol=1e-5, rtol=0)
