@@ -218,7 +218,11 @@ def main() -> None:
                     feats.append((l, h, kind, task, as_feature(fn(c, ns[task], l, h), l, h, task)))
         t0 = time.perf_counter()
         if args.merge is not None:  # shards scored by parallel processes (--shard i/k)
-            parts = [torch.load(out / f"scores_{i}_of_{args.merge}.pt") for i in range(args.merge)]
+            files = [out / f"scores_{i}_of_{args.merge}.pt" for i in range(args.merge)]
+            parts = [torch.load(f_) for f_ in files if f_.exists()]
+            report["shards_merged"] = f"{len(parts)} of {args.merge}"
+            if not parts:
+                raise SystemExit(f"no shard files scores_*_of_{args.merge}.pt in {out}")
             assert all(p_["labels"] == [f[:4] for f in feats] for p_ in parts), "shards scored other features"
             assert len({p_["corpus"] for p_ in parts}) == 1, f"shards scored different corpora: {[p_['corpus'] for p_ in parts]}"
             S, corpus_name = torch.cat([p_["S"] for p_ in parts]), parts[0]["corpus"]
