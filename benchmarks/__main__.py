@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ALL = ["startup", "capture", "streaming", "store", "tcav", "erasure", "rocr", "generate", "obsprop", "sae", "activation_reasoning"]
+ALL = ["startup", "capture", "streaming", "store", "tcav", "erasure", "rocr", "generate", "obsprop", "sae", "activation_reasoning", "scale"]
 
 
 def main(argv: list[str]) -> None:
