@@ -90,3 +90,22 @@ def test_misspelt_positions_is_a_conceptkit_error():
     with pytest.raises(ck.ConceptkitError, match="lats") as info:
         ck.Add(site="blocks.0.hook_resid_post", vector=torch.ones(4), positions="lats")
     assert not isinstance(info.value, pydantic.ValidationError)
+
+
+def test_gguf_export_is_byte_identical_to_repengs_writer_calls(tmp_path):
+    """The control-vector file equals what repeng's export_gguf writes with gguf's GGUFWriter for the same directions."""
+    gguf = pytest.importorskip("gguf")
+    store = ck.open_store(tmp_path / "s")
+    a, b = _cav(store, "c", 1, 0), _cav(store, "c", 3, 1)
+    _invoke("store", "export-gguf", "--store", str(tmp_path / "s"), a.id, b.id, str(tmp_path / "ours.gguf"))
+    directions = {1: store.tensors(a.id)["cav"], 3: store.tensors(b.id)["cav"]}
+    writer = gguf.GGUFWriter(str(tmp_path / "repeng.gguf"), "controlvector")  # repeng.ControlVector.export_gguf
+    writer.add_string("controlvector.model_hint", "llama")
+    writer.add_uint32("controlvector.layer_count", len(directions))
+    for layer, direction in directions.items():
+        writer.add_tensor(f"direction.{layer}", direction.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "repeng.gguf").read_bytes()
