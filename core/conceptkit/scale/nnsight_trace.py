@@ -51,7 +51,7 @@ class _Step:
 
 
 def _trace_body(nn_model: Any, inputs: dict[str, torch.Tensor], steps: list, want: str, remote: Any,
-                objective: Any = None) -> tuple[list, Any, Any]:
+                objective: Any = None, stop: bool = False) -> tuple[list, Any, Any]:
     """The trace nnsight compiles and (for remote runs) ships: torch and nnsight only.
 
     ``objective`` (gradient plans): ``(b, t, v, w)`` index tensors and weights of a linear
@@ -61,7 +61,7 @@ def _trace_body(nn_model: Any, inputs: dict[str, torch.Tensor], steps: list, wan
     result = None
     grad = None
     leaf = None
-    with nn_model.trace(inputs, remote=remote):
+    with nn_model.trace(inputs, remote=remote) as tracer:
         for path, io, ops, read, wants_grad in steps:
             env = nn_model.get(path)
             val = env.output if io == "output" else env.input
@@ -92,6 +92,8 @@ def _trace_body(nn_model: Any, inputs: dict[str, torch.Tensor], steps: list, wan
                     env.input = x
             if read:
                 saved.append(x.save())
+        if stop:
+            tracer.stop()  # every read fired and nothing later is needed: skip the rest of the forward
         if want != "none" or objective is not None:
             out = nn_model.output
             full = out["logits"] if want != "last_hidden_state" else out["last_hidden_state"]
@@ -242,7 +244,8 @@ class TraceExecutor:
         want = "none"
         if plan.output != "none":
             want = "logits" if not model.is_encoder else "last_hidden_state"
-        saved, result, grad = _trace_body(self.nn_model, inputs, [s.as_tuple() for s in steps], want, self.remote, objective)
+        stop = plan.stop_after_reads and plan.output == "none" and objective is None and bool(plan.reads)
+        saved, result, grad = _trace_body(self.nn_model, inputs, [s.as_tuple() for s in steps], want, self.remote, objective, stop)
         values = iter(saved)
         by_path = {}
         for s in steps:
