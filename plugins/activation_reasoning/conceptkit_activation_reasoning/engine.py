@@ -236,6 +236,3 @@ class ReasoningPolicy(ck.GenerationPolicy):
             return [self.current]
         self.current = new
         return [new]
-
-    def final(self) -> None:  # pragma: no cover - kept for symmetry
-        return None

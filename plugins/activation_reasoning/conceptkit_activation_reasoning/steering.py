@@ -20,7 +20,7 @@ are simple monotone decays of our own with the same names (documented closed for
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 import pydantic
 import torch
@@ -118,6 +118,3 @@ class ARSteer(Intervention):
         self._applied.append((new - x).detach())
         return new
 
-
-def register(register_fn: Any) -> None:
-    register_fn("intervention", ARSteer)
