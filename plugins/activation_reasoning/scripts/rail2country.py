@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--backend", default="transformer_lens")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=3)
+    ap.add_argument("--top-output", type=int, default=2, help="detection_top_k_output m (the reference's default 2)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -112,7 +113,7 @@ def main() -> None:
     train, _ = example_sentences(TRAIN_T, 0)
     train += [t.format(x=x) for x in COUNTRIES for t in COUNTRY_T] + NEUTRAL
     concepts = COLOURS + COUNTRIES
-    d, enc, _ = build_dictionary(model, args.site, train, concepts, sae=sae, top_output=2)
+    d, enc, _ = build_dictionary(model, args.site, train, concepts, sae=sae, top_output=args.top_output)
     print(f"dictionary ({args.source}) built in {time.time() - t0:.0f}s; train balanced acc "
           + ", ".join(f"{c} {b:.2f}" for c, b in zip(concepts, d.balanced_accuracy)), flush=True)
 
@@ -124,15 +125,15 @@ def main() -> None:
     lat = enc.encode(h.to(enc.dtype)).float()
     if args.source == "sae":
         lat = keep_top(lat, 10) * mask[..., None]
-    seq_bal = det.detection_accuracy(d, lat, lab, mask, level="sequence", top_output=2)
-    tok_bal = det.detection_accuracy(d, lat, lab, mask, level="token", top_output=2)
+    seq_bal = det.detection_accuracy(d, lat, lab, mask, level="sequence", top_output=args.top_output)
+    tok_bal = det.detection_accuracy(d, lat, lab, mask, level="token", top_output=args.top_output)
     detection = {c: round(seq_bal[i], 4) for i, c in enumerate(concepts) if c in COLOURS}
     detection_tokens = {c: round(tok_bal[i], 4) for i, c in enumerate(concepts) if c in COLOURS}
     print("held-out detection balanced accuracy (sequence):", detection, flush=True)
     print("held-out detection balanced accuracy (token):", detection_tokens, flush=True)
 
-    ar = ActivationReasoner(model, d, {body: x for body, x in RULES.items()}, sae=enc, settings=ARSettings(alpha=args.alpha), site=args.site)
-    report = {"source": args.source, "site": args.site, "alpha": args.alpha, "detection_balanced_accuracy": detection, "detection_balanced_accuracy_tokens": detection_tokens,
+    ar = ActivationReasoner(model, d, {body: x for body, x in RULES.items()}, sae=enc, settings=ARSettings(alpha=args.alpha, top_output=args.top_output), site=args.site)
+    report = {"source": args.source, "site": args.site, "alpha": args.alpha, "top_output": args.top_output, "detection_balanced_accuracy": detection, "detection_balanced_accuracy_tokens": detection_tokens,
               "train_balanced_accuracy": dict(zip(concepts, d.balanced_accuracy)), "splits": {}}
     for split in args.splits.split(","):
         items = task(split)[: args.limit]
@@ -160,7 +161,8 @@ def main() -> None:
         print(json.dumps({split: report["splits"][split]}, default=str)[:600], flush=True)
         report["seconds"] = time.time() - t0
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        path = Path(args.out) / f"rail2country_{args.source}_alpha{args.alpha}.json"
+        tag = "" if args.top_output == 2 else f"_m{args.top_output}"
+        path = Path(args.out) / f"rail2country_{args.source}_alpha{args.alpha}{tag}.json"
         path.write_text(json.dumps(report, indent=2, default=str))  # after every split
         print(f"wrote {path}", flush=True)
 
