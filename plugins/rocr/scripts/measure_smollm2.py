@@ -173,9 +173,9 @@ def report(out, results, evs_rocr, evs_ga, args, say, final):
             lines.append(f"| {label} | {f} | {pooled(evs, 'forms', 'before', fs):.3f} | {pooled(evs, 'forms', 'after', fs):.3f} | {drop(evs, fs):.0%} | {t1b:.2f} | {t1a:.2f} |")
         nb, na = pooled(evs, "neighbours", "before"), pooled(evs, "neighbours", "after")
         agg[label] = dict(drop_all=drop(evs), drop_train=drop(evs, ["fill_blank"]), drop_paraphrases=drop(evs, ["paraphrase_1", "paraphrase_2"]),
-                          neighbours_kept=na / nb, kl=sum(e.kl_unrelated for e in evs) / len(evs), kl_max=max(e.kl_unrelated for e in evs),
+                          neighbours_kept=na / nb if nb else float('nan'), kl=sum(e.kl_unrelated for e in evs) / len(evs), kl_max=max(e.kl_unrelated for e in evs),
                           fluency_before=_mean([e.fluency_before for e in evs]), fluency_after=_mean([e.fluency_after for e in evs]))
-        lines.append(f"| {label} | neighbours | {nb:.3f} | {na:.3f} | kept {na / nb:.0%} | | |")
+        lines.append(f"| {label} | neighbours | {nb:.3f} | {na:.3f} | kept {na / nb if nb else float('nan'):.0%} | | |")
     lines += ["", "| method | drop all forms (target ≥70%) | training form | paraphrases | neighbours kept (≥90%) | KL nats/token mean (max) (≤0.01) | fluency before → after |", "|---|---|---|---|---|---|---|"]
     for label, a in agg.items():
         lines.append(f"| {label} | {a['drop_all']:.0%} | {a['drop_train']:.0%} | {a['drop_paraphrases']:.0%} | {a['neighbours_kept']:.0%} | {a['kl']:.4f} ({a['kl_max']:.4f}) | {a['fluency_before']:.2f} → {a['fluency_after']:.2f} |")
