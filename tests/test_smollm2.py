@@ -28,14 +28,16 @@ def test_paris_is_the_top_token_on_both_backends(pair):
 
 
 def test_every_canonical_site_agrees_across_backends(pair):
-    """All canonical sites (30 layers) give the same activations on both backends (<= 1e-4)."""
+    """All canonical sites (30 layers; attention patterns and norm scales included) give the same
+    activations on both backends (<= 1e-4, plus float32 ulps on the massive first-token values)."""
     tl, nn = pair
-    assert tl.sites() == nn.sites() and len(tl.sites()) == 30 * 14 + 3
+    # 17 per block (14 + attn.hook_pattern, ln1/ln2.hook_scale) and 4 global (ln_final.hook_scale)
+    assert tl.sites() == nn.sites() and len(tl.sites()) == 30 * 17 + 4
     for side in ("left", "right"):
         a = tl.capture(PROMPTS, tl.sites(), reduce="all", padding_side=side)
         b = nn.capture(PROMPTS, nn.sites(), reduce="all", padding_side=side)
-        worst = max((a[s] - b[s]).abs().max().item() for s in tl.sites())
-        assert worst <= 1e-4, worst
+        bad = [s for s in tl.sites() if not close(a[s], b[s])]
+        assert not bad, (side, bad[:5], max((a[s] - b[s]).abs().max().item() for s in bad))
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:

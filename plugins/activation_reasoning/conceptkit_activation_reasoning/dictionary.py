@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from conceptkit.errors import InputError  # TODO(public-surface): ck.InputError
+from conceptkit.api import InputError
 
 Order = Literal["unique_first", "unique_only", "original_order"]
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from conceptkit.errors import InputError  # TODO(public-surface): ck.InputError is exported; kept explicit
+from conceptkit.api import InputError
 
 
 class Formula:

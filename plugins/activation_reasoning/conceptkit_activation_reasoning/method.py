@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import conceptkit as ck
-from conceptkit.contract import validate_config  # TODO(public-surface)
+from conceptkit.api import validate_config
 from conceptkit_activation_reasoning.config import ARConfig
 
 

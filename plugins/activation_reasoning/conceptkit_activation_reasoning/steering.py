@@ -26,7 +26,7 @@ import pydantic
 import torch
 
 from conceptkit.interventions import Intervention  # TODO(public-surface): ck.Intervention
-from conceptkit.tensors import TensorField  # TODO(public-surface): not exported yet
+from conceptkit.api import TensorField
 
 Weighting = Literal["log_decay", "uniform", "linear_decay", "exponential_decay", "inverse_position", "cosine_decay", "power_law_decay"]
 Combine = Literal["sum_shift", "mean_shift", "max_shift"]
@@ -47,7 +47,7 @@ def position_weights(k: int, fn: str = "log_decay") -> torch.Tensor:
         "power_law_decay": (j + 1) ** -2.0,
     }
     if fn not in forms:
-        from conceptkit.errors import InputError
+        from conceptkit.api import InputError
 
         raise InputError(f"unknown steering weighting {fn!r}; choose one of {sorted(forms)}")
     w = forms[fn]
@@ -75,7 +75,7 @@ def combine(directions: list[torch.Tensor], how: str = "sum_shift") -> torch.Ten
         return stack.mean(0)
     if how == "max_shift":
         return stack.max(0).values
-    from conceptkit.errors import InputError
+    from conceptkit.api import InputError
 
     raise InputError(f"unknown steering methodology {how!r}; choose sum_shift, mean_shift or max_shift")
 
@@ -101,7 +101,7 @@ class ARSteer(Intervention):
         s = self.direction.to(device=x.device, dtype=x.dtype)
         if s.dim() == 2:  # one direction per batch row
             if x.dim() != 3 or s.shape != (x.shape[0], x.shape[2]):
-                from conceptkit.errors import InputError
+                from conceptkit.api import InputError
 
                 raise InputError(f"ar_steer at {self.site!r}: per-row directions {tuple(s.shape)} do not fit activations {tuple(x.shape)}")
             s = s[:, None, :]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from conceptkit.handles import Handle, HandleGroup  # TODO(public-surface)
+from conceptkit.api import Handle, HandleGroup
 from conceptkit_rocr.templates import pad_right
 
 ROLES = ("in", "gate", "out")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from importlib import metadata
 
-from conceptkit.data import fingerprint  # TODO(public-surface)
+from conceptkit.api import fingerprint
 
 _WORD = re.compile(r"[A-Za-z][a-z]+")
 

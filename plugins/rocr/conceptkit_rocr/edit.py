@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 import conceptkit as ck
-from conceptkit.errors import InputError
-from conceptkit.handles import Handle, HandleGroup  # TODO(public-surface)
+from conceptkit.api import InputError
+from conceptkit.api import Handle, HandleGroup
 from conceptkit_rocr.solve import rocr_update
 from conceptkit_rocr.templates import REQUEST, SLOT, context_templates, pad_right, subject_prefix_ids
 

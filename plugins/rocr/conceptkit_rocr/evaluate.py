@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pydantic
 
-from conceptkit.errors import UnknownNameError
+from conceptkit.api import UnknownNameError
 from conceptkit_rocr.scoring import kl_per_token, score_answers
 
 FORMS = ["fill_blank", "qa", "mcq", "paraphrase_1", "paraphrase_2"]

@@ -6,11 +6,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import conceptkit as ck
-from conceptkit.contract import validate_config  # TODO(public-surface)
+from conceptkit.api import validate_config
 from conceptkit_rocr.config import RocrConfig
 
 if TYPE_CHECKING:  # torch loads when the method runs, not when plugins are listed
-    from conceptkit.handles import Handle
+    from conceptkit.api import Handle
     from conceptkit_rocr.edit import RocrEdit
     from conceptkit_rocr.result import RocrResult
 

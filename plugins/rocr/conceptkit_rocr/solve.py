@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 
 
 @dataclass

@@ -71,8 +71,7 @@ def _from_store(store: Any, key: tuple) -> LayerStats | None:
 
 
 def _draft(model: Any, st: LayerStats, threshold: float | None, relative: float | None) -> Any:
-    from conceptkit.plugin_manager import dist_version  # TODO(public-surface)
-    from conceptkit.store.record import MethodInfo, RecordDraft  # TODO(public-surface)
+    from conceptkit.api import RecordDraft, method_info
 
     return RecordDraft(
         tensors={"P": st.projector.P.float(), "eigenvalues": st.projector.eigenvalues.float()},
@@ -80,8 +79,7 @@ def _draft(model: Any, st: LayerStats, threshold: float | None, relative: float 
         description="ROCR null-space projector of the preserved keys' uncentered second moment (P, eigenvalues ascending)",
         kind=KIND,
         examples_fingerprint=st.texts_fingerprint,
-        method=MethodInfo(name="rocr", plugin="rocr", distribution="conceptkit-rocr", version=dist_version("conceptkit-rocr"),
-                          config={"nullspace_threshold": threshold, "nullspace_relative": relative}),
+        method=method_info("rocr", {"nullspace_threshold": threshold, "nullspace_relative": relative}),
         model=model.ref.model_dump(mode="json"),
         site=key_site(st.layer),
         reduction="all",

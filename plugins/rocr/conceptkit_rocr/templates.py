@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from conceptkit.errors import InputError
+from conceptkit.api import InputError
 
 PREFIXES = ["", "Please answer the question about", "Choose the best answer about", "Write the answer about", "Tell me about", "Write something about"]
 REQUEST = "{}."  # the reference's request prompt: the subject followed by a full stop
