@@ -200,3 +200,10 @@ def fingerprint(examples: Sequence[str] | Sequence[Sequence[str]]) -> str:
     """Content fingerprint of example texts (order-sensitive), stored with concept vectors."""
     blob = json.dumps(list(examples), ensure_ascii=False, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def is_token_input(inputs: object) -> bool:
+    """Token ids given directly: a ``Batch``, a dict or a tokenizer ``BatchEncoding``."""
+    if isinstance(inputs, (Batch, dict)):
+        return True
+    return hasattr(inputs, "input_ids") and not isinstance(inputs, (str, list, tuple))

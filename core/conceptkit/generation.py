@@ -277,12 +277,9 @@ def _prompt_rows(model: "Model", inputs: Any, chat: bool | None) -> list[torch.T
 
 
 def _is_token_input(inputs: Any) -> bool:
-    """Token ids given directly: a ``Batch``, a dict or a tokenizer ``BatchEncoding``."""
-    from conceptkit.data import Batch
+    from conceptkit.data import is_token_input
 
-    if isinstance(inputs, (Batch, dict)):
-        return True
-    return hasattr(inputs, "input_ids") and not isinstance(inputs, (str, list, tuple))
+    return is_token_input(inputs)
 
 
 def _left_pad(rows: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

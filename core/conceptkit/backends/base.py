@@ -49,11 +49,7 @@ class ModelRef(pydantic.BaseModel):
     processing: str | None = None  # e.g. TransformerLens compatibility mode
 
 
-def _is_token_input(inputs: Any) -> bool:
-    """Token ids given directly: a ``Batch``, a dict or a tokenizer ``BatchEncoding``."""
-    if isinstance(inputs, (Batch, dict)):
-        return True
-    return hasattr(inputs, "input_ids") and not isinstance(inputs, (str, list, tuple))
+from conceptkit.data import is_token_input as _is_token_input  # noqa: E402 - one definition for every caller
 
 
 class Model:
