@@ -16,10 +16,9 @@ from typing import Any
 import torch
 
 import conceptkit as ck
-from conceptkit.api import InputError
-from conceptkit.api import Handle, HandleGroup
+from conceptkit.api import Handle, HandleGroup, InputError
 from conceptkit_rocr.solve import rocr_update
-from conceptkit_rocr.templates import REQUEST, SLOT, context_templates, pad_right, subject_prefix_ids
+from conceptkit_rocr.templates import REQUEST, SLOT, context_templates, pad_id, pad_right, subject_prefix_ids
 
 ROLE = "out"  # the MLP down-projection (TL W_out [d_mlp, d])
 
@@ -96,18 +95,10 @@ def apply_factors(model: Any, factors: list[tuple[int, torch.Tensor, torch.Tenso
 
 
 # -- reads -----------------------------------------------------------------------------------------
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if v is not None:
-            return int(v)
-    return 0
-
-
 def read_at_subject(model: Any, templates: list[str], subject: str, site: str, batch_size: int = 16) -> torch.Tensor:
     """Activations ``[len(templates), d]`` at ``site`` at the last token of ``subject``."""
     rows = [subject_prefix_ids(model.tokenizer, t, subject) for t in templates]
-    acts = model.capture(pad_right(rows, _pad_id(model.tokenizer)), [site], reduce="last", batch_size=batch_size)
+    acts = model.capture(pad_right(rows, pad_id(model.tokenizer)), [site], reduce="last", batch_size=batch_size)
     return acts[site].double()
 
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from conceptkit_rocr.templates import pad_right
+from conceptkit_rocr.templates import pad_id, pad_right
 
 
 @dataclass
@@ -28,14 +28,6 @@ def _encode(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], int]:
     full = tokenizer(prompt + answer, add_special_tokens=True)["input_ids"]
     n = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     return list(full), n
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if v is not None:
-            return int(v)
-    return 0
 
 
 def score_answers(
@@ -53,7 +45,7 @@ def score_answers(
     out: list[Score] = []
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
-        batch = pad_right([ids for ids, _ in chunk], _pad_id(tok))
+        batch = pad_right([ids for ids, _ in chunk], pad_id(tok))
         logits = model.run(batch, interventions, reduce="all", batch_size=batch_size)  # [n_tokens, V]
         offset = 0
         for j, (ids, n_prompt) in enumerate(chunk):

@@ -65,6 +65,15 @@ def subject_prefix_ids(tokenizer: Any, template: str, subject: str) -> list[int]
     return list(full[:n])
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS, else 0 (the mask hides it)."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
 def pad_right(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ids and mask (conceptkit reads ``last`` through the mask)."""
     width = max(len(r) for r in rows)
