@@ -110,20 +110,29 @@ def plugin_of(family: Family, name: str) -> str:
     return _table(family)[name][1]
 
 
-def parse(family: Family, data: Any) -> Any:
-    """A component from its dict (e.g. JSON) or a component object (returned as is)."""
-    if isinstance(data, pydantic.BaseModel):
-        return data
-    if not isinstance(data, dict):
-        raise InputError(f"a {family.replace('_', ' ')} must be a dict or a component object, got {data!r}")
-    key = DISCRIMINATORS[family]
-    if key not in data:
-        raise InputError(f"a {family.replace('_', ' ')} dict needs {key!r}; known: {', '.join(kinds(family))}")
-    from conceptkit.interventions import input_errors
+def parse(family: Family, data: Any, base: type | None = None) -> Any:
+    """A component from its dict (e.g. JSON) or a component object (returned as is).
 
-    cls = get(family, data[key])
-    with input_errors(f"{family.replace('_', ' ')} {data[key]!r}"):
-        return cls(**data)
+    With ``base``, the result must be an instance of it (the family's base class), else an
+    ``InputError`` says which class to subclass.
+    """
+    if isinstance(data, pydantic.BaseModel):
+        obj = data
+    else:
+        if not isinstance(data, dict):
+            raise InputError(f"a {family.replace('_', ' ')} must be a dict or a component object, got {data!r}")
+        key = DISCRIMINATORS[family]
+        if key not in data:
+            raise InputError(f"a {family.replace('_', ' ')} dict needs {key!r}; known: {', '.join(kinds(family))}")
+        from conceptkit.interventions import input_errors
+
+        cls = get(family, data[key])
+        with input_errors(f"{family.replace('_', ' ')} {data[key]!r}"):
+            obj = cls(**data)
+    if base is not None and not isinstance(obj, base):
+        article = "an" if family[0] in "aeiou" else "a"
+        raise InputError(f"{obj!r} is not {article} {family.replace('_', ' ')} (subclass {base.__module__}.{base.__qualname__})")
+    return obj
 
 
 def dump(component: pydantic.BaseModel) -> dict[str, Any]:

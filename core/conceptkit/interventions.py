@@ -211,10 +211,7 @@ def parse(value: object) -> Intervention:
         return value
     from conceptkit import components
 
-    parsed = components.parse("intervention", value)
-    if not isinstance(parsed, Intervention):
-        raise InputError(f"{parsed!r} is not an intervention (subclass conceptkit.interventions.Intervention)")
-    return parsed
+    return components.parse("intervention", value, Intervention)
 
 
 def parse_all(values: Sequence[object] | None) -> list[Intervention]:

@@ -231,10 +231,7 @@ def parse(value: Any) -> Objective:
         return value
     from conceptkit import components
 
-    parsed = components.parse("objective", value)
-    if not isinstance(parsed, Objective):
-        raise InputError(f"{parsed!r} is not an objective (subclass conceptkit.objectives.Objective)")
-    return parsed
+    return components.parse("objective", value, Objective)
 
 
 def as_objective(objective: Any, model: Any) -> Callable[..., torch.Tensor]:
