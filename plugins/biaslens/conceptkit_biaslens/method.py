@@ -169,7 +169,8 @@ class BiasLens(ck.Method):
                 cavs[ci, li] = probe.direction.double()
                 accuracy[ci, li] = probe.accuracy
                 pos_means[ci, li], neg_means[ci, li] = pos.mean(0), neg.mean(0)
-                scale[li] = float(a.norm(dim=-1).mean())
+        if config.sae_option == "c" and acts is not None:  # option c scales the CAV to typical activation norms
+            scale = {li: float(acts[site].norm(dim=-1).mean()) for li, site in enumerate(sites)}
 
         if config.remove_mean_cav:
             cavs = torch.stack([scores.remove_mean(cavs[:, li]) for li in range(L)], dim=1)
