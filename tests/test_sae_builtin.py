@@ -128,3 +128,36 @@ def test_cli_eval_and_features_on_a_tiny_model(cache, tmp_path) -> None:
     assert out.exit_code == 0, out.output
     page = html_path.read_text()
     assert "latent 0" in page and "latent 1" in page and ("<mark>" in page or "never fires" in page)
+
+
+def test_concurrent_corpus_builds_do_not_clobber_each_other(cache, monkeypatch) -> None:
+    """Several processes (xdist workers, Ray workers) building the cached corpus at once each write
+    their own temporary file and rename it into place: every reader gets a whole corpus and no
+    temporary file is left behind."""
+    import threading
+    import time
+
+    real = C._build.__wrapped__(("project",))
+
+    def slow_build(sources):
+        time.sleep(0.2)  # all writers are inside the build together
+        return real
+
+    monkeypatch.setattr(C, "_build", slow_build)
+    results, errors = [], []
+
+    def worker() -> None:
+        try:
+            results.append(C.build(("project",)))
+        except Exception as exc:  # pragma: no cover - the failure this test guards against
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 6 and all(r.fingerprint == real.fingerprint for r in results)
+    files = list((cache / "sae").iterdir())
+    assert [f.suffix for f in files] == [".json"]
+    assert C.build(("project",)).fingerprint == real.fingerprint  # read back from the cache file

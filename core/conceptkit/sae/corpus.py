@@ -30,6 +30,7 @@ import json
 import re
 import sys
 import sysconfig
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -217,10 +218,12 @@ def build(sources: tuple[str, ...] = SOURCES, cache: bool = True) -> Corpus:
             pass  # a damaged cache file is rebuilt
     corpus = _build(sources)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"documents": [[d.source, d.name, d.text] for d in corpus.documents],
-                               "sources": list(corpus.sources), "fingerprint": corpus.fingerprint, "info": corpus.info}))
-    tmp.replace(path)
+    # One temporary file per writer: two processes building the corpus at once (pytest-xdist, Ray
+    # workers) each rename a complete file into place; the last rename wins and both are identical.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False) as tmp:
+        json.dump({"documents": [[d.source, d.name, d.text] for d in corpus.documents],
+                   "sources": list(corpus.sources), "fingerprint": corpus.fingerprint, "info": corpus.info}, tmp)
+    Path(tmp.name).replace(path)
     return corpus
 
 
