@@ -185,6 +185,22 @@ def test_pattern_and_scale_interventions_and_grads_agree_across_backends(models,
             assert ga.abs().max() > 0 and torch.allclose(ga, gb, atol=1e-4), site
 
 
+@pytest.mark.parametrize(("name", "backend"), [(n, b) for n in ("tiny-llama", "tiny-gpt2") for b in BACKENDS]
+                         + [("tiny-tl-native", "transformer_lens")])  # a native model exists on TL only
+def test_mlp_activation_reproduces_the_mlp_hidden_state(models, name, backend):
+    """weights.mlp_activation is the block's own nonlinearity: mlp.hook_post == act(hook_pre)
+    (times hook_pre_linear for gated MLPs), on every family and backend."""
+    model = models(name, backend)
+    act = model.weights.mlp_activation(1)
+    gated = "gate" in model.weights.family.linears
+    sites = ["blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_post"] + (["blocks.1.mlp.hook_pre_linear"] if gated else [])
+    acts = model.capture(TEXTS, sites, reduce="all")
+    hidden = act(acts["blocks.1.mlp.hook_pre"])
+    if gated:
+        hidden = hidden * acts["blocks.1.mlp.hook_pre_linear"]
+    assert torch.allclose(hidden, acts["blocks.1.mlp.hook_post"], atol=1e-5)
+
+
 def test_native_model_weights_have_biases(models):
     """TransformerLens native models: LayerNorm with a bias, an unembedding bias, TL's epsilon."""
     w = models("tiny-tl-native", "transformer_lens").weights

@@ -175,6 +175,41 @@ class Weights:
 
         return norm_eps(self._a_norm())
 
+    def mlp_activation(self, layer: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The MLP's elementwise nonlinearity at ``layer`` (SiLU for Llama, GELU-new for GPT-2),
+        as the module itself runs it: weight-level methods (ObsProp's MLP tangent, ROCR's keys)
+        need it and should not guess it from a config name.
+
+        Read from the block's own activation module (``act_fn``, ``act``, ``activation_fn``,
+        ``intermediate_act_fn``); else from the model config's ``hidden_act`` /
+        ``activation_function`` through ``transformers.activations``."""
+        names = ("act_fn", "act", "activation_fn", "intermediate_act_fn", "activation")
+        for role in ("out", "in", "gate"):
+            if role not in self.family.linears:
+                continue
+            path = apply_prefix(self.family.linears[role].replace("{l}", str(layer)), self._prefix) or ""
+            for _ in range(3):  # the linear's parent, or a wrapper's parent (TransformerBridge components)
+                path = path.rpartition(".")[0]
+                if not path:
+                    break
+                try:
+                    owner = self._root.get_submodule(path)
+                except AttributeError:
+                    break
+                for name in names:
+                    fn = getattr(owner, name, None)
+                    if callable(fn) and not isinstance(fn, (torch.nn.Linear, type)):
+                        return fn
+        cfg = getattr(self._root, "config", None) or getattr(self._root, "cfg", None)
+        name = getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", None) or getattr(cfg, "act_fn", None)
+        if isinstance(name, str):
+            from transformers.activations import ACT2FN
+
+            if name in ACT2FN:
+                return ACT2FN[name]
+            raise InputError(f"MLP activation {name!r} of this model is unknown to transformers.activations")
+        raise InputError(f"cannot tell the MLP activation of layer {layer}: no activation module on the block and none in the config")
+
     def ov(self, layer: int, head: int) -> torch.Tensor:
         """The OV circuit ``W_V[h // group] @ W_O[h]`` ``[d, d]`` (grouped KV heads repeat)."""
         group = self.n_heads // self.n_kv_heads

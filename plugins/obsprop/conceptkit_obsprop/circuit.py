@@ -1,9 +1,8 @@
 """A model's weights as the functions ObsProp needs: norms, OV circuits, MLPs, the unembedding.
 
 Everything is read through ``model.weights`` (TL layout, HF parameters underneath, so the same
-numbers on every backend), the norm kind and epsilon included (``weights.norm_kind`` /
-``norm_eps``). The MLP activation is the one thing the core does not expose yet: it comes from
-the HF config, the one place this plugin reaches below the public surface.
+numbers on every backend), the norm kind and epsilon (``weights.norm_kind`` / ``norm_eps``)
+and the MLP nonlinearity (``weights.mlp_activation``, the block's own activation module) included.
 """
 
 from __future__ import annotations
@@ -20,26 +19,6 @@ from conceptkit_obsprop import pullback as pb
 
 class PostLNError(InputError):
     """ObsProp's algebra assumes pre-LN blocks (``resid_mid = resid_pre + attn_out``)."""
-
-
-def _hf_config(model: Any) -> Any:
-    hf = getattr(model, "hf", None)  # TODO(public-surface): the model's HF config
-    cfg = getattr(hf, "config", None)
-    if cfg is None:
-        tl = getattr(model, "tl", None)
-        cfg = getattr(tl, "cfg", None)
-    return cfg
-
-
-def _activation(cfg: Any) -> Any:
-    name = getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", None) or getattr(cfg, "act_fn", None)
-    if name is None:
-        raise InputError("cannot tell the MLP activation of this model (no hidden_act / activation_function in its config)")
-    from transformers.activations import ACT2FN
-
-    if name not in ACT2FN:
-        raise InputError(f"MLP activation {name!r} is unknown to transformers.activations")
-    return ACT2FN[name]
 
 
 class Circuit:
@@ -62,27 +41,10 @@ class Circuit:
         self.n_heads, self.n_kv = int(w.n_heads), int(w.n_kv_heads)
         self.group = self.n_heads // self.n_kv
         self.gated = "gate" in w.family.linears
-        cfg = _hf_config(model)
-        self.norm_kind = getattr(w, "norm_kind", None) or self._norm_kind(cfg)
-        self.eps = float(getattr(w, "norm_eps", None) or self._norm_eps(cfg))
-        self._act = _activation(cfg)
+        self.norm_kind = w.norm_kind
+        self.eps = float(w.norm_eps)
+        self._act = w.mlp_activation(0)  # one nonlinearity for every block of the decoders ObsProp supports
         self._cache: dict[tuple, torch.Tensor] = {}
-
-    # -- norm conventions --------------------------------------------------------------------
-    def _norm_kind(self, cfg: Any) -> str:
-        cls = type(self.w.module("ln1", 0)).__name__.lower()
-        if "rms" in cls or hasattr(cfg, "rms_norm_eps"):
-            return "rmsnorm"
-        if "layernorm" in cls or hasattr(cfg, "layer_norm_epsilon") or hasattr(cfg, "layer_norm_eps"):
-            return "layernorm"
-        raise InputError(f"cannot tell the norm kind of {self.model.name!r} (module {cls})")
-
-    @staticmethod
-    def _norm_eps(cfg: Any) -> float:
-        for key in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "eps"):
-            if getattr(cfg, key, None) is not None:
-                return float(getattr(cfg, key))
-        raise InputError("cannot find the norm epsilon in the model config")
 
     # -- cached weights ------------------------------------------------------------------------
     def _get(self, key: tuple, fn: Any) -> torch.Tensor:
