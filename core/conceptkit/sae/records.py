@@ -32,7 +32,6 @@ def to_draft(
     """A :class:`~conceptkit.store.record.RecordDraft` for ``sae`` (store it with ``store.put``)."""
     from conceptkit.store.record import MethodInfo, RecordDraft
 
-    # TODO(public-surface): MethodInfo/RecordDraft from conceptkit.api once exported there
     cfg = {"sae": sae.config(), **(config or {})}
     if sae.metadata:
         cfg.setdefault("metadata", sae.metadata)

@@ -25,8 +25,7 @@ from typing import Literal, Union
 import pydantic
 import torch
 
-from conceptkit.interventions import Intervention  # TODO(public-surface): ck.Intervention
-from conceptkit.api import TensorField
+from conceptkit.api import Intervention, TensorField
 
 Weighting = Literal["log_decay", "uniform", "linear_decay", "exponential_decay", "inverse_position", "cosine_decay", "power_law_decay"]
 Combine = Literal["sum_shift", "mean_shift", "max_shift"]
