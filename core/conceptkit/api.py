@@ -138,6 +138,15 @@ _GROUPS: dict[str, dict[str, str]] = {
         "RowScoped": "conceptkit.generation",
         "Generation": "conceptkit.generation",
     },
+    "scale-out": {
+        "scale": "conceptkit.scale:",
+        "dataset_moments": "conceptkit.scale.dataset",
+        "dataset_capture": "conceptkit.scale.dataset",
+        "use_ray": "conceptkit.scale.dataset",
+        "ray_requested": "conceptkit.scale.dataset",
+        "Moments": "conceptkit.scale.moments",
+        "ShardFailedError": "conceptkit.scale.ray_executor",
+    },
     "sparse autoencoders": {
         "sae": "conceptkit.sae:",
         "SAE": "conceptkit.sae.base",

@@ -147,7 +147,10 @@ def _make_run_command(name: str, method_cls: type) -> click.Command:
     @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write the result's figure here.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @click.option("--quiet", "-q", is_flag=True, help="No stages or progress bars on stderr.")
-    def command(config_file, overrides, model_name, backend, store_path, no_store, plot_path, as_json, quiet):  # type: ignore[no-untyped-def]
+    @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                  help="Dataset-scale passes over Ray workers (methods with supports_ray); ADDRESS (auto, ray://host:10001) joins a cluster.")
+    @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Ray workers (with --ray).")
+    def command(config_file, overrides, model_name, backend, store_path, no_store, plot_path, as_json, quiet, ray_address, workers):  # type: ignore[no-untyped-def]
         from conceptkit import progress
         from conceptkit.config_io import apply_overrides, load_config_file
         from conceptkit.contract import validate_config
@@ -160,6 +163,10 @@ def _make_run_command(name: str, method_cls: type) -> click.Command:
         cfg = validate_config(m.Config, apply_overrides(raw, list(overrides)), name)  # before loading anything
         if plot_path:
             _check_plot_path(plot_path)
+        if ray_address is not None:
+            from conceptkit.scale import check_ray_support
+
+            check_ray_support(m)  # before loading anything
         model = None
         if model_name is None and m.needs_model:
             model_name = getattr(cfg, "model", None) or "smollm2-135m"
@@ -173,8 +180,14 @@ def _make_run_command(name: str, method_cls: type) -> click.Command:
             from conceptkit.store import open_store
 
             store = open_store(store_path)
-        progress.stage(f"running {name}")
-        result = m.run(model, cfg, store=store)
+        progress.stage(f"running {name}" + (f" over {workers} Ray worker(s)" if ray_address is not None else ""))
+        if ray_address is not None:
+            from conceptkit.scale import use_ray
+
+            with use_ray(None if ray_address == "local" else ray_address, workers=workers):
+                result = m.run(model, cfg, store=store)  # workers compute; only this process stores
+        else:
+            result = m.run(model, cfg, store=store)
         progress.stage("done")
         if as_json:
             click.echo(result.model_dump_json(indent=2))

@@ -174,6 +174,9 @@ class Method:
         requires: capabilities the model's backend must offer.
         needs_model: ``False`` for methods that work on stored data only.
         description: one line for listings.
+        supports_ray: ``True`` for methods whose dataset-scale passes go through
+            ``conceptkit.scale.dataset_moments`` / ``dataset_capture``, and so run over Ray
+            workers inside ``conceptkit.scale.use_ray`` (``conceptkit run METHOD --ray``).
     """
 
     name: ClassVar[str] = ""
@@ -181,6 +184,7 @@ class Method:
     requires: ClassVar[frozenset[Capability]] = frozenset()
     needs_model: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    supports_ray: ClassVar[bool] = False
 
     def check(self, model: "Model | None") -> None:
         """Raise before any compute if ``model`` cannot serve this method."""
@@ -199,6 +203,11 @@ class Method:
         """Validate, check capabilities, compute, and save to ``store`` if one is given."""
         cfg = validate_config(self.Config, config, self.name)
         self.check(model)
+        if not self.supports_ray:  # inside use_ray, a method that would silently run locally is an error
+            from conceptkit.scale.dataset import active_ray, check_ray_support
+
+            if active_ray() is not None:
+                check_ray_support(self)
         result = self.compute(model, cfg, store)
         from conceptkit.provenance import config_inputs, method_info
 

@@ -52,6 +52,20 @@ def shard_ranges(n_examples: int, n_shards: int, batch_size: int) -> list[Shard]
     return shards
 
 
+def shard_plan(n_examples: int, shard_size: int, batch_size: int) -> list[Shard]:
+    """Contiguous shards of ``shard_size`` examples (rounded up to whole batches), the last one
+    shorter. The plan depends only on the data and these two sizes, never on how many workers
+    run it, so a sharded statistic is the same bits on one process or on any number of workers."""
+    if n_examples < 1:
+        raise InputError("no inputs: got an empty list of texts")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be an integer >= 1, got {batch_size}")
+    if shard_size < 1:
+        raise InputError(f"shard_size must be an integer >= 1, got {shard_size}")
+    size = -(-shard_size // batch_size) * batch_size
+    return [Shard(i, start, min(start + size, n_examples)) for i, start in enumerate(range(0, n_examples, size))]
+
+
 def globalise_token_index(token_index: torch.Tensor | None, shard: Shard) -> torch.Tensor | None:
     """A shard's ``token_index`` counts examples within the shard; shift it to dataset indices."""
     if token_index is None:
