@@ -365,6 +365,7 @@ class _BatchRun:
         self.group = HandleGroup(description="generation hooks")
         self._masks: dict[int, torch.Tensor] = {}
         self.chunk_pos = self.chunk_mask = self.cur_len = torch.empty(0)
+        self.replayed: list[tuple[Any, list[int]]] = []  # plans: earlier "last" policy decisions and their rows
 
     # hooks ----------------------------------------------------------------------------------
     def _ensure_site(self, site: str) -> None:
@@ -471,11 +472,13 @@ class _BatchRun:
 
     def _execute_plan(self) -> torch.Tensor:
         """One full forward as a :class:`~conceptkit.plans.Plan` (one unpadded prompt): each
-        intervention's rows become explicit positions, reads come back unreduced."""
+        intervention's rows become explicit positions, reads come back unreduced. A policy's
+        ``"last"`` decisions are replayed at the rows they acted on (``self.replayed``), so the
+        recomputed prefix is what a KV cache would hold and the tokens equal cached generation."""
         from conceptkit.data import Batch
         from conceptkit.plans import Plan, Read
 
-        ivs = []
+        ivs, newest = [], []
         for item in self.fixed + self.policy_items:
             whole = item.intervention.positions == "all" and item.scope == "all" and item.rows is None
             if whole:
@@ -484,6 +487,15 @@ class _BatchRun:
             cols = self._compute_rows(item)[0].nonzero().flatten().tolist()
             if cols:
                 ivs.append(item.intervention.model_copy(update={"positions": cols}))
+                if item.scope == "last_row":
+                    newest.append((item.intervention, cols))
+        ivs += [src.model_copy(update={"positions": cols}) for src, cols in self.replayed]
+        for src, cols in newest:  # the same decision as the last one replayed: one intervention, more rows
+            last = self.replayed[-1] if self.replayed else None
+            if last is not None and _same([RowScoped(last[0])], [RowScoped(src)]):
+                self.replayed[-1] = (last[0], last[1] + cols)
+            else:
+                self.replayed.append((src, cols))
         plan = Plan(Batch(self.ids, self.mask, "left"), reads=[Read(s, "all") for s in self.read_sites], interventions=ivs, output="logits")
         out = self.model.execute(plan)
         self.captured = {s: t.unsqueeze(0) for s, t in out.reads.items()}
@@ -494,6 +506,9 @@ def _executes_plans_only(model: "Model") -> bool:
     """A backend that overrides ``execute`` and has no KV cache of its own runs plans."""
     from conceptkit.backends.base import Model
 
+    declared = getattr(model, "executes_plans", None)  # a backend that chooses per instance (nnsight: trace or hooks)
+    if declared is not None:
+        return bool(declared)
     overrides = getattr(type(model), "execute", None) is not getattr(Model, "execute", None)
     cached = getattr(type(model), "_forward_cached", None) is not getattr(Model, "_forward_cached", None)
     return overrides and not cached
@@ -653,19 +668,26 @@ def generate(
     records: list[StepRecord] = []
     token_ids: list[torch.Tensor] = []
     plans = _executes_plans_only(model)
-    if plans:  # one prompt per plan, so every intervention's rows are plain positions
+    # An executor that generates itself (the nnsight trace executor: nnsight's own generate)
+    # takes fixed interventions; a policy, return_steps or use_cache=False run one plan per step.
+    native = getattr(model, "native_generation", None) if plans and policy is None and not return_steps and use_cache else None
+    if plans and native is None:  # one prompt per plan, so every intervention's rows are plain positions
         batch_size, use_cache = 1, False
+    settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
     with torch.inference_mode():
         for begin in range(0, len(rows), batch_size):
             chunk = rows[begin : begin + batch_size]
             ids, mask = _left_pad(chunk, pad_id)
             run = _BatchRun(model, ids, mask, fixed, positions, policy, list(range(begin, begin + len(chunk))), use_cache, plans)
-            try:
-                run.install()
-                new = _generate_batch(run, sampler, max_new_tokens, eos, return_steps, records)
-            finally:
-                run.group.remove()
-            generated = torch.stack(new, 1)
+            if native is not None:
+                generated = native(run, settings, max_new_tokens, eos, pad_id)
+            else:
+                try:
+                    run.install()
+                    new = _generate_batch(run, sampler, max_new_tokens, eos, return_steps, records)
+                finally:
+                    run.group.remove()
+                generated = torch.stack(new, 1)
             for row in generated:
                 hits = torch.isin(row, torch.tensor(eos)).nonzero() if eos else torch.empty(0)
                 token_ids.append(row[: int(hits[0]) + 1].clone() if len(hits) else row.clone())

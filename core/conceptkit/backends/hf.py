@@ -1,9 +1,10 @@
 """Backends over HuggingFace module trees: plain ``transformers`` models and nnsight wrappers.
 
 The nnsight adapter addresses the same HF modules that nnsight's Envoy tree mirrors
-(``model.layers[l].mlp.down_proj.input`` ...), through the family tables, and runs them with
-local torch hooks. It therefore supports everything local (gradients, weight edits, generation)
-but not nnsight's remote execution, which it does not declare.
+(``model.layers[l].mlp.down_proj.input`` ...), through the family tables, and by default runs
+them with local torch hooks (everything local: gradients, weight edits, generation).
+``model.with_executor("trace", remote=...)`` runs plans as nnsight traces instead, locally or on
+NDIF (:mod:`conceptkit.scale.nnsight_trace`).
 """
 
 from __future__ import annotations
@@ -240,7 +241,83 @@ class NNsightModel(HFModel):
     def execute(self, plan: Any) -> Any:
         if self._trace_executor is not None:
             return self._trace_executor.execute(plan)
+        self._ensure_local()
         return super().execute(plan)
+
+    @property
+    def executes_plans(self) -> bool:
+        """Generation runs plans (one trace per step) under the trace executor, hooks otherwise."""
+        return self._trace_executor is not None
+
+    @property
+    def native_generation(self) -> Any:
+        """Fixed-intervention generation through ``nn_model.generate`` (trace executor only)."""
+        return self._trace_executor.generate_batch if self._trace_executor is not None else None
+
+    # -- a lazily loaded nnsight model (meta weights until dispatched) ---------------------------
+    def _ensure_local(self) -> None:
+        """The hook executor needs real weights here: dispatch a lazily loaded nnsight model
+        (nnsight's own rule for a local run) and re-point conceptkit at the loaded modules,
+        so nothing ever runs on meta tensors. The trace executor does not call this: with
+        ``remote=True`` no weights are loaded here."""
+        nn = self.nnsight_model
+        if getattr(nn, "dispatched", True) is False and callable(getattr(nn, "dispatch", None)):
+            nn.dispatch()
+        module = nn._module
+        if module is not self.hf:
+            if any(p.is_meta for p in module.parameters()):
+                from conceptkit.errors import CapabilityError
+
+                raise CapabilityError(
+                    f"model {self.name!r} holds meta tensors (an nnsight model without loaded weights) and could not be "
+                    "dispatched; the hook executor needs local weights: use model.with_executor('trace', remote=True)"
+                )
+            self.hf = module
+            self._modules = dict(module.named_modules())
+            self._weights = weights_of(module, self.family, self._prefix, self._cfg)
+            self._ref = None
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether the weights are loaded here (False: an nnsight model built on meta, not yet run locally)."""
+        return not any(p.is_meta for p in self.nnsight_model._module.parameters())
+
+    def _attach(self, site: str, fn: SiteFn) -> Handle:
+        self._ensure_local()
+        return super()._attach(site, fn)
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        self._ensure_local()
+        return super()._forward(batch)
+
+    def _forward_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+        self._ensure_local()
+        return super()._forward_cached(input_ids, attention_mask, position_ids, past)
+
+    @property
+    def weights(self) -> Weights:
+        self._ensure_local()
+        return self._weights
+
+    @property
+    def ref(self) -> ModelRef:
+        """As for HF models; a model whose weights are not loaded here (meta) is identified by
+        its repo id and revision (what nnsight's remote model key names; read here without asking
+        the Hub) instead of a hash of weights it lacks."""
+        if self._ref is None and not self.dispatched:
+            nn = self.nnsight_model
+            key = f"{getattr(nn, 'repo_id', self.name)}@{getattr(nn, 'revision', None)}"
+            return ModelRef(
+                name=self.name,
+                revision=getattr(self._cfg, "_commit_hash", None),
+                weights_hash="nnsight-key:" + hashlib.sha256(str(key).encode()).hexdigest()[:16],
+                backend=self.backend_name,
+                backend_version=dist_version(self.backend_distribution),
+                dtype=str(next(self.hf.parameters()).dtype).removeprefix("torch."),
+                architecture=type(self.hf).__name__,
+            )
+        self._ensure_local()  # loaded (by a local trace, say) since wrapping: hash the loaded weights
+        return super().ref
 
 
 class TransformersBackend:
@@ -278,11 +355,11 @@ class NNsightBackend:
         return isinstance(obj, (NNsight, Envoy))
 
     def wrap(self, obj: Any, tokenizer: Any = None, **kwargs: Any) -> Model:
-        """Wrap an nnsight model; a model loaded lazily (meta weights) is dispatched first."""
+        """Wrap an nnsight model. A model loaded lazily (meta weights, no ``dispatch=True``) stays
+        so: the trace executor runs it where nnsight does (``remote=True``: NDIF), and the hook
+        executor dispatches it on first use (nnsight's rule for a local run)."""
         from conceptkit.backends.conventions import check_conventions, find_tokenizer
 
-        if getattr(obj, "dispatched", True) is False and callable(getattr(obj, "dispatch", None)):
-            obj.dispatch()
         hf_model = obj._module
         what = f"nnsight {type(obj).__name__}"
         tok = find_tokenizer(tokenizer, getattr(obj, "tokenizer", None), hf_model, what)

@@ -236,6 +236,13 @@ class TraceExecutor:
         return b, t, v, w[b, t, v]
 
     # -- running -----------------------------------------------------------------------------------
+    def generate_batch(self, run: Any, settings: dict[str, Any], max_new_tokens: int, eos: list[int], pad_id: int) -> torch.Tensor:
+        """One left-padded batch of ``conceptkit.generation`` (fixed interventions, no policy)
+        through ``nn_model.generate``; see :mod:`conceptkit.scale.trace_generate`."""
+        from conceptkit.scale.trace_generate import generate_fixed
+
+        return generate_fixed(self, run, settings, max_new_tokens, eos, pad_id)
+
     def execute(self, plan: Plan) -> PlanOutput:
         steps = self.compile(plan)  # every refusal happens here, before anything is sent
         objective = self._linear_objective(plan) if plan.grad is not None else None
