@@ -17,6 +17,7 @@ import torch
 
 import conceptkit as ck
 from conceptkit.api import Handle, HandleGroup, InputError
+from conceptkit.edits import original_of, parameter_hash
 from conceptkit_rocr.solve import rocr_update
 from conceptkit_rocr.templates import REQUEST, SLOT, context_templates, pad_id, pad_right, subject_prefix_ids
 
@@ -95,11 +96,22 @@ def apply_factors(model: Any, factors: list[tuple[int, torch.Tensor, torch.Tenso
 
 
 # -- reads -----------------------------------------------------------------------------------------
+def subject_rows(model: Any, templates: list[str], subject: str) -> list[list[int]]:
+    """Token ids of each template with ``subject`` in its slot, cut after the subject's last token."""
+    return [subject_prefix_ids(model.tokenizer, t, subject) for t in templates]
+
+
+def read_rows(model: Any, rows: list[list[int]], sites: list[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Activations ``{site: [len(rows), d]}`` (float64) at the last token of each row, in one batched
+    forward that stops at the deepest site (rows of different prompts share the batch)."""
+    sites = list(dict.fromkeys(sites))
+    acts = model.capture(pad_right(rows, pad_id(model.tokenizer)), sites, reduce="last", batch_size=batch_size)
+    return {s: acts[s].double() for s in sites}
+
+
 def read_at_subject(model: Any, templates: list[str], subject: str, site: str, batch_size: int = 16) -> torch.Tensor:
     """Activations ``[len(templates), d]`` at ``site`` at the last token of ``subject``."""
-    rows = [subject_prefix_ids(model.tokenizer, t, subject) for t in templates]
-    acts = model.capture(pad_right(rows, pad_id(model.tokenizer)), [site], reduce="last", batch_size=batch_size)
-    return acts[site].double()
+    return read_rows(model, subject_rows(model, templates, subject), [site], batch_size)[site]
 
 
 def resid_site(layer: int) -> str:
@@ -156,28 +168,43 @@ def compute_edit(
     if value_context not in ("bare", "templates"):
         raise InputError(f"value_context must be 'bare' or 'templates', got {value_context!r}")
     ctx, kind = context_templates(model.tokenizer, templates)
-    z = target_value(model, harmless, ctx, z_layer, mode, target=target, seed=seed, reject=reject)
     value_templates = [SLOT] if value_context == "bare" else ctx
-    from conceptkit.edits import original_of, parameter_hash  # TODO(public-surface)
-
+    key_rows = subject_rows(model, ctx, target)
+    value_rows = subject_rows(model, value_templates, target)
+    n_k, n_v = len(key_rows), len(value_rows)
+    z_site = resid_site(z_layer)
+    z = None
+    extra_rows: list[list[int]] = []
+    if mode == "unrelated":  # z comes from the first forward, batched with the first layer's reads
+        extra_rows = subject_rows(model, ctx[:1], harmless)
+    else:
+        z = target_value(model, harmless, ctx, z_layer, mode, target=target, seed=seed, reject=reject)
     base_hashes = {l: parameter_hash(original_of(model.weights.parameter(ROLE, l))) for l in layers}
     factors: list[LayerFactors] = []
     applied = HandleGroup(description="rocr solve")
     try:
+        # One forward per layer: the keys (templates) and the current value h (value context),
+        # read with the earlier layers already edited in place (as MEMIT/AlphaEdit).
         for i, layer in enumerate(layers):
-            k = read_at_subject(model, ctx, target, key_site(layer), batch_size).mean(0)
-            h = read_at_subject(model, value_templates, target, resid_site(z_layer), batch_size).mean(0)
+            acts = read_rows(model, key_rows + value_rows + (extra_rows if i == 0 else []), [key_site(layer), z_site], batch_size)
+            k = acts[key_site(layer)][:n_k].mean(0)
+            h = acts[z_site][n_k : n_k + n_v].mean(0)
+            if z is None:
+                z = acts[z_site][n_k + n_v]
             resid = (z - h) / (len(layers) - i)
             P = None if projectors is None else projectors.get(layer)
             w, R = rocr_update(k, resid, P, None if C_prev is None else C_prev.get(layer), l2)
             factors.append(LayerFactors(layer, w.float(), R.float(), k.float(), float((z - h).norm())))
             applied.add(apply_factors(model, [(layer, w, R)]))
-        # keys of the fully edited model go into C_prev of later sequential edits (as the reference)
+        # keys of the fully edited model go into C_prev of later sequential edits (as the reference),
+        # read in one forward with the final value
+        acts = read_rows(model, key_rows + value_rows, [key_site(l) for l in layers] + [z_site], batch_size)
         for f in factors:
-            f.key = read_at_subject(model, ctx, target, key_site(f.layer), batch_size).mean(0).float()
-        h_final = read_at_subject(model, value_templates, target, resid_site(z_layer), batch_size).mean(0)
+            f.key = acts[key_site(f.layer)][:n_k].mean(0).float()
+        h_final = acts[z_site][n_k:].mean(0)
     finally:
         applied.remove()
+    assert z is not None
     info = {
         "templates": ctx,
         "value_context": value_context,

@@ -63,21 +63,61 @@ def rocr_key_factor(
     """The left factor ``w = (P (k kᵀ + C_prev) + λ I)⁻¹ P k`` (float64, ``[d_mlp]``).
 
     The update is ``Δᵀ = outer(w, R)`` in ``[in, out]`` layout for any residual ``R``.
+
+    Computed without the dense ``d_mlp³`` product and solve of the written formula (which cost
+    about a second per layer on two CPU cores): ``P k kᵀ`` is rank one, so with
+    ``M = P C_prev + λ I`` Sherman-Morrison gives ``w = y / (1 + kᵀ y)``, ``y = M⁻¹ P k``. Without
+    earlier edits ``M = λ I`` and ``w = P k / (kᵀ P k + λ)`` needs no solve at all. ``M`` is
+    invertible for ``λ > 0`` (``P C_prev`` is a product of positive semi-definite matrices, so its
+    eigenvalues are real and non-negative); for ``λ = 0`` with earlier edits the dense solve
+    (:func:`rocr_key_factor_dense`) is used. When ``kᵀ P k + λ = 0`` (the key lies wholly in the
+    protected subspace and ``λ = 0``) nothing can be written without touching preserved keys, and
+    ``w = 0``.
     """
+    k, P, C_prev = _checked(k, P, C_prev, lam)
+    Pk = k if P is None else P @ k
+    if C_prev is None:
+        denom = float(k @ Pk) + lam
+        return Pk / denom if denom > 0 else torch.zeros_like(k)
+    if lam == 0:
+        return rocr_key_factor_dense(k, P, C_prev, lam)
+    M = (C_prev if P is None else P @ C_prev) + lam * torch.eye(k.numel(), dtype=torch.float64)
+    y = torch.linalg.solve(M, Pk)
+    return y / (1 + float(k @ y))
+
+
+def rocr_key_factor_dense(
+    k: torch.Tensor, P: torch.Tensor | None = None, C_prev: torch.Tensor | None = None, lam: float = 1.0
+) -> torch.Tensor:
+    """``w`` by the formula as written in the reference: ``solve(P (k kᵀ + C_prev) + λ I, P k)``.
+
+    The reference computation that :func:`rocr_key_factor` must equal (tests), and its fallback
+    for ``λ = 0`` with earlier edits.
+    """
+    k, P, C_prev = _checked(k, P, C_prev, lam)
+    n = k.numel()
+    P = torch.eye(n, dtype=torch.float64) if P is None else P
+    A = torch.outer(k, k) if C_prev is None else torch.outer(k, k) + C_prev
+    return torch.linalg.solve(P @ A + lam * torch.eye(n, dtype=torch.float64), P @ k)
+
+
+def _checked(
+    k: torch.Tensor, P: torch.Tensor | None, C_prev: torch.Tensor | None, lam: float
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Float64 copies with their shapes checked (errors name the bad value)."""
     k = k.double().reshape(-1)
     n = k.numel()
     if lam < 0:
         raise InputError(f"l2 (lambda) must be >= 0, got {lam}")
-    P = torch.eye(n, dtype=torch.float64) if P is None else P.double()
-    if P.shape != (n, n):
-        raise InputError(f"projector of shape {tuple(P.shape)} does not match a key of width {n}")
-    A = torch.outer(k, k)
+    if P is not None:
+        P = P.double()
+        if P.shape != (n, n):
+            raise InputError(f"projector of shape {tuple(P.shape)} does not match a key of width {n}")
     if C_prev is not None:
+        C_prev = C_prev.double()
         if C_prev.shape != (n, n):
             raise InputError(f"C_prev of shape {tuple(C_prev.shape)} does not match a key of width {n}")
-        A = A + C_prev.double()
-    lhs = P @ A + lam * torch.eye(n, dtype=torch.float64)
-    return torch.linalg.solve(lhs, P @ k)
+    return k, P, C_prev
 
 
 def rocr_update(

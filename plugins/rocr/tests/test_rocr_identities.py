@@ -7,7 +7,7 @@ import torch
 
 import conceptkit as ck
 from conceptkit_rocr.edit import apply_factors, compute_edit, key_site
-from conceptkit_rocr.solve import nullspace_projector, rocr_update
+from conceptkit_rocr.solve import nullspace_projector, rocr_key_factor, rocr_key_factor_dense, rocr_update
 
 _MODELS: dict = {}
 
@@ -64,6 +64,27 @@ def test_matches_alphaedit_formula_written_independently():
     expected = P @ torch.linalg.inv(A @ P + lam * torch.eye(len(k), dtype=torch.float64)) @ torch.outer(k, R)
     w, r = rocr_update(k, R, P, C, lam)
     assert torch.allclose(torch.outer(w, r), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.3, 0.01])
+@pytest.mark.parametrize("with_prev", [False, True])
+def test_fast_factor_equals_the_dense_solve(lam, with_prev):
+    """The Sherman-Morrison factor equals solve(P (k kᵀ + C_prev) + λ I, P k), with and without
+    P and earlier edits (λ = 0 makes the dense system singular; that case is tested below)."""
+    K0, k, R, C = _synthetic(seed=5)
+    P = nullspace_projector(K0.T @ K0 / len(K0), threshold=1e-9).P
+    for proj in (None, P):
+        c = C if with_prev else None
+        fast, dense = rocr_key_factor(k, proj, c, lam), rocr_key_factor_dense(k, proj, c, lam)
+        assert torch.allclose(fast, dense, rtol=1e-7, atol=1e-10)
+
+
+def test_fast_factor_lambda_zero_with_projection_is_exact_on_the_projected_key():
+    """λ = 0, no earlier edit: w = P k / kᵀ P k, so wᵀ k = 1 (Δk = R) while P-protected keys stay fixed."""
+    K0, k, R, _ = _synthetic(seed=6)
+    P = nullspace_projector(K0.T @ K0 / len(K0), threshold=1e-9).P
+    w = rocr_key_factor(k, P, None, 0.0)
+    assert abs(float(w @ k) - 1) < 1e-12 and (K0 @ w).abs().max() < 1e-10
 
 
 def test_relative_threshold_is_scale_free():
@@ -125,3 +146,36 @@ def test_edit_on_tiny_model_protects_seen_keys_and_redirects():
     with edit.apply(model):
         h1 = read_at_subject(model, ["{}"], "Rome", resid_site(1))[0]
     assert (h1 - z).norm() < 0.5 * (h0 - z).norm()
+
+
+def test_batched_edit_equals_the_spec_pseudocode():
+    """compute_edit (reads batched, one forward per layer, Sherman-Morrison factor) equals the
+    spec's pseudo-code run read by read with the dense solve, on tiny-llama with a projector."""
+    from conceptkit_rocr.edit import read_at_subject, resid_site
+    from conceptkit_rocr.stats import second_moments
+    from conceptkit_rocr.templates import context_templates
+
+    model = tiny("tiny-llama")
+    layers = [0, 1]
+    moments, _ = second_moments(model, ["the cat sat on the mat", "numbers 1 2 3"], layers)
+    P = {l: nullspace_projector(moments[l], threshold=1e-8).P for l in layers}
+    C_prev = {l: 0.1 * torch.eye(P[l].shape[0], dtype=torch.float64) for l in layers}
+    for value_context, prev in (("bare", None), ("templates", C_prev)):
+        edit = compute_edit(model, "Rome", "Oslo", layers, P, l2=0.5, value_context=value_context, C_prev=prev)
+        ctx, _ = context_templates(model.tokenizer)
+        vt = ["{}"] if value_context == "bare" else ctx
+        z = torch.stack([read_at_subject(model, [t], "Oslo", resid_site(1))[0] for t in ctx[:1]]).mean(0)
+        handles = []
+        try:
+            for i, l in enumerate(layers):
+                k = torch.stack([read_at_subject(model, [t], "Rome", key_site(l))[0] for t in ctx]).mean(0)
+                h = torch.stack([read_at_subject(model, [t], "Rome", resid_site(1))[0] for t in vt]).mean(0)
+                R = (z - h) / (len(layers) - i)
+                w = rocr_key_factor_dense(k, P[l], None if prev is None else prev[l], 0.5)
+                f = edit.factors[i]
+                assert torch.allclose(f.right.double(), R, atol=1e-4, rtol=1e-4)
+                assert torch.allclose(f.left.double(), w, atol=1e-6, rtol=1e-4)
+                handles.append(apply_factors(model, [(l, w, R)]))
+        finally:
+            for hd in reversed(handles):
+                hd.remove()
