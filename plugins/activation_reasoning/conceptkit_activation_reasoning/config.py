@@ -41,7 +41,10 @@ class ARConfig(ck.MethodConfig):
     scope: Literal["input", "output", "full_sequence"] = "input"
     # -- stage 3 -------------------------------------------------------------------------------
     rules: list[str] = pydantic.Field(default_factory=list, description="rules like 'red and white -> Poland'")
-    rules_mode: Literal["forward_chaining", "legacy"] = "forward_chaining"
+    rules_mode: Literal["forward_chaining", "legacy", "simple", "complex", "open_world"] = pydantic.Field(
+        "forward_chaining", description="forward_chaining (paper); the reference code's reasoner_rules_checking modes legacy, simple, "
+        "complex, open_world for parity (semantics in reasoner.py)",
+    )
     # -- stage 4 -------------------------------------------------------------------------------
     alpha: float = pydantic.Field(0.5, description="steering_factor")
     steer_top_k: int = pydantic.Field(10, ge=1)

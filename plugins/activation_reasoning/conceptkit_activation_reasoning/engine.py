@@ -41,7 +41,7 @@ class ARSettings:
     allow_multi: bool = False
     threshold_for_rules: bool = True
     scope: Literal["input", "output", "full_sequence"] = "input"
-    rules_mode: Literal["forward_chaining", "legacy"] = "forward_chaining"
+    rules_mode: Literal["forward_chaining", "legacy", "simple", "complex", "open_world"] = "forward_chaining"
     alpha: float = 0.5  # steering_factor
     steer_top_k: int = 10  # steering_top_k_rule (K)
     weighting: str = "log_decay"

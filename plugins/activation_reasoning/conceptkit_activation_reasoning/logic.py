@@ -15,13 +15,24 @@ Precedence: ``not`` > ``and`` > ``xor`` > ``or``; binary operators nest to the r
 ``a and b and c`` prints as ``(a ∧ (b ∧ c))`` like the reference's printer. ``xor(a, b)`` is
 ``(a ∧ ¬b) ∨ (¬a ∧ b)`` (see :meth:`Xor.expand`). ``str(parse_rule(s))`` parses back to the
 same rule (round trip, tested). The reference's universal variable ``x`` is not supported.
+
+The reference's own grammar (``LogicalParser.parse`` over a token list) is also here, as
+:func:`parse_reference_tokens`, because its parity rule modes (``simple``, ``complex``,
+``open_world``) read the *detected concept sequence* as a statement and compare formulas by
+structure. It differs from the grammar above: the last ``is`` splits an implication, then the
+first ``xor`` (expanded at once to ``(a ∧ ¬b) ∨ (¬a ∧ b)``), the first ``or``, the first ``and``;
+an all-name list is a right-nested conjunction; a leading ``not`` negates the rest (``¬¬a``
+collapses to ``a``); anything else becomes one name joined by spaces (``["A", "not", "B"]`` is the
+single proposition ``"A not B"``), and an empty list is the empty name ``""``. Parentheses do not
+exist there. Each :class:`Rule` keeps its body tokens (``Rule.tokens``) so that those modes can
+re-read the body with the reference grammar (:meth:`Rule.reference_body`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conceptkit.api import InputError
 
@@ -126,11 +137,24 @@ class Xor(_Binary):
 
 
 @dataclass(frozen=True)
+class Implies(_Binary):
+    """``left → right``; only the reference grammar builds it (a query ``... is ...``)."""
+
+    symbol = "→"
+
+    def holds(self, known: set[str] | frozenset[str]) -> bool:
+        return (not self.left.holds(known)) or self.right.holds(known)
+
+
+@dataclass(frozen=True)
 class Rule:
-    """``body -> head``; ``text`` is the source it was parsed from (not part of equality)."""
+    """``body -> head``. ``tokens``: the body as the reference's token list (names and the keywords
+    ``and or not xor``), or None when the source had parentheses or the rule was built directly;
+    not part of equality."""
 
     body: Formula
     head: str
+    tokens: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.body}-> {self.head}"
@@ -138,6 +162,11 @@ class Rule:
     def ordered_body(self) -> list[str]:
         """The body's positive names in written order (what ``legacy`` matching needs)."""
         return self.body.positive_atoms()
+
+    def reference_body(self) -> Formula:
+        """The body as the reference's parser builds it from the same tokens (the parity modes
+        compare formulas by structure); without tokens, :func:`to_reference` of ``body``."""
+        return parse_reference_tokens(self.tokens) if self.tokens is not None else to_reference(self.body)
 
 
 # -- tokens ---------------------------------------------------------------------------------------
@@ -265,7 +294,9 @@ def parse_rule(rule: "str | Rule | tuple | list | dict") -> Rule:
     if isinstance(rule, (tuple, list)):
         if len(rule) != 2 or not isinstance(rule[1], str):
             raise InputError(f"a rule pair must be (body, head) with a string head, got {rule!r}")
-        return Rule(parse_formula(rule[0]), rule[1].strip())
+        body = rule[0]
+        toks = _tokens_from_text(body) if isinstance(body, str) else _tokens_from_parts(body)
+        return Rule(parse_formula(body), rule[1].strip(), _reference_tokens(toks))
     if not isinstance(rule, str):
         raise InputError(f"a rule must be text, a (body, head) pair or a dict, got {type(rule).__name__}")
     tokens = _tokens_from_text(rule)
@@ -281,7 +312,7 @@ def parse_rule(rule: "str | Rule | tuple | list | dict") -> Rule:
     f = p.formula()
     if p.peek() is not None:
         raise p.fail("the implication")
-    return Rule(f, head[0][1])
+    return Rule(f, head[0][1], _reference_tokens(body))
 
 
 def parse_rules(rules: "Iterable[object] | dict") -> list[Rule]:
@@ -289,3 +320,84 @@ def parse_rules(rules: "Iterable[object] | dict") -> list[Rule]:
     if isinstance(rules, dict):
         return [parse_rule((body, head)) for body, head in rules.items()]
     return [parse_rule(r) for r in rules]  # type: ignore[arg-type]
+
+
+# -- the reference's grammar (parity rule modes) --------------------------------------------------
+REFERENCE_KEYWORDS = frozenset({"is", "or", "and", "not", "xor"})
+_UNIVERSAL = "x"  # the reference's universal variable: never an atom in its three-valued check
+
+
+def _reference_tokens(tokens: Sequence[tuple[str, str]]) -> tuple[str, ...] | None:
+    """Our body tokens as the reference's token list; None if they use parentheses (it has none)."""
+    out = []
+    for kind, value in tokens:
+        if kind == "name":
+            out.append(value)
+        elif value in ("and", "or", "not", "xor"):
+            out.append(value)
+        else:
+            return None
+    return tuple(out)
+
+
+def negate(f: Formula) -> Formula:
+    """``¬f``, collapsing a double negation like the reference's ``Not`` operator."""
+    return f.arg if isinstance(f, Not) else Not(f)
+
+
+def parse_reference_tokens(tokens: Sequence[str]) -> Formula:
+    """A token list read with the reference's grammar (see the module docs); no errors: every
+    list is some formula, as in the reference."""
+    toks = list(tokens)
+    if not toks:
+        return Var("")
+    if len(toks) == 1 and toks[0] not in REFERENCE_KEYWORDS:
+        return Var(toks[0])
+    if "is" in toks:
+        k = max(i for i, t in enumerate(toks) if t == "is")
+        if k == 0:
+            return Var("")
+        return Implies(parse_reference_tokens(toks[:k]), parse_reference_tokens(toks[k + 1 :]))
+    for op in ("xor", "or", "and"):
+        if op in toks:
+            k = toks.index(op)
+            if 0 < k < len(toks) - 1:
+                a, b = parse_reference_tokens(toks[:k]), parse_reference_tokens(toks[k + 1 :])
+                if op == "xor":
+                    return Or(And(a, negate(b)), And(negate(a), b))
+                return Or(a, b) if op == "or" else And(a, b)
+    if len(toks) > 1 and not any(t in REFERENCE_KEYWORDS for t in toks):
+        return And(Var(toks[0]), parse_reference_tokens(toks[1:]))
+    if toks[0] == "not" and len(toks) > 1:
+        return negate(parse_reference_tokens(toks[1:]))
+    return Var(" ".join(toks))
+
+
+def to_reference(f: Formula) -> Formula:
+    """A conceptkit formula in the reference's node set: ``xor`` expanded, ``¬¬a`` collapsed."""
+    if isinstance(f, Var):
+        return f
+    if isinstance(f, Not):
+        return negate(to_reference(f.arg))
+    if isinstance(f, Xor):
+        a, b = to_reference(f.left), to_reference(f.right)
+        return Or(And(a, negate(b)), And(negate(a), b))
+    if isinstance(f, _Binary):
+        return type(f)(to_reference(f.left), to_reference(f.right))
+    raise InputError(f"cannot convert formula {f!r} to the reference's form")
+
+
+def reference_propositions(f: Formula) -> set[str]:
+    """Every non-empty name in ``f`` (the reference's ``_get_propositions``; keywords included)."""
+    if isinstance(f, Var):
+        return {f.name} if f.name else set()
+    if isinstance(f, Not):
+        return reference_propositions(f.arg)
+    if isinstance(f, _Binary):
+        return reference_propositions(f.left) | reference_propositions(f.right)
+    return set()
+
+
+def reference_atoms(f: Formula) -> set[str]:
+    """The reference's ``_get_atomic_propositions``: the propositions minus keywords and ``x``."""
+    return {a for a in reference_propositions(f) if a not in REFERENCE_KEYWORDS and a != _UNIVERSAL}
