@@ -159,14 +159,14 @@ def _make_run_command(name: str, method_cls: type) -> click.Command:
         if quiet:
             progress.configure(False)
         m = method(name)
+        if ray_address is not None:
+            from conceptkit.scale import check_ray_support
+
+            check_ray_support(m)  # first: no config, model or store is touched for a method that cannot use Ray
         raw = load_config_file(config_file) if config_file else {}
         cfg = validate_config(m.Config, apply_overrides(raw, list(overrides)), name)  # before loading anything
         if plot_path:
             _check_plot_path(plot_path)
-        if ray_address is not None:
-            from conceptkit.scale import check_ray_support
-
-            check_ray_support(m)  # before loading anything
         model = None
         if model_name is None and m.needs_model:
             model_name = getattr(cfg, "model", None) or "smollm2-135m"

@@ -67,14 +67,25 @@ def sae() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="SAELens folder to write (default: the cache)")
 @click.option("--store", "store_path", type=click.Path(file_okay=False))
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="capture the training activations over Ray workers; ADDRESS (auto, ray://host:10001) joins a cluster")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Ray workers (with --ray)")
 def train(model_name: str, site: str, d_sae: int, k: int, tokens: int, epochs: int, batch_size: int, seed: int,
-          out_dir: str | None, store_path: str | None) -> None:
+          out_dir: str | None, store_path: str | None, ray_address: str | None, workers: int) -> None:
     """Train a TopK SAE on the offline corpus (resumable) and store it as a record."""
+    import contextlib
+
     from conceptkit.sae.builtin import Recipe, _folder, load_sae
 
     recipe = Recipe(model=model_name, default_site=site, d_sae=d_sae, k=k, train_tokens=tokens, epochs=epochs,
                     batch_size=batch_size, seed=seed)
-    sae_obj = load_sae(model_name, site, store=_store(store_path), recipe=recipe)
+    scope: Any = contextlib.nullcontext()
+    if ray_address is not None:
+        from conceptkit.scale import use_ray
+
+        scope = use_ray(None if ray_address == "local" else ray_address, workers=workers)
+    with scope:  # the workers capture; this process trains and writes
+        sae_obj = load_sae(model_name, site, store=_store(store_path), recipe=recipe)
     folder = _folder(model_name, site, recipe)
     if out_dir:
         import shutil

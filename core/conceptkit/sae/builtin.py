@@ -78,11 +78,14 @@ def load_sae(
     model: Any = None,
     progress: bool | None = None,
     recipe: Recipe | None = None,
+    ray: Any = None,
 ) -> SAE:
     """The embedded SAE ``name`` at ``site``: from the cache, or trained now (once).
 
     ``store`` receives the record (default: the default store; ``False`` for none). ``recipe``
-    overrides the built-in recipe (tests use a quick one).
+    overrides the built-in recipe (tests use a quick one). ``ray`` captures the training
+    activations over Ray workers (as ``conceptkit.dataset_capture``; default: only inside
+    ``conceptkit.use_ray``); the rows, and so the SAE, are the same bits.
     """
     if recipe is None:
         if name not in RECIPES:
@@ -91,7 +94,7 @@ def load_sae(
     site = site or recipe.default_site
     folder = _folder(name, site, recipe)
     if not (folder / "sae_weights.safetensors").exists():
-        build(name, site, recipe, folder, model=model, progress=progress)
+        build(name, site, recipe, folder, model=model, progress=progress, ray=ray)
     from conceptkit.sae.formats import read_saelens
 
     sae = read_saelens(folder)
@@ -126,12 +129,16 @@ def _say(message: str) -> None:
     print(f"conceptkit: {message}", file=sys.stderr, flush=True)
 
 
-def build(name: str, site: str, recipe: Recipe, folder: Path, *, model: Any = None, progress: bool | None = None) -> Path:
-    """Train the embedded SAE into ``folder`` (resumable: activations and checkpoints persist)."""
+def build(name: str, site: str, recipe: Recipe, folder: Path, *, model: Any = None, progress: bool | None = None,
+          ray: Any = None) -> Path:
+    """Train the embedded SAE into ``folder`` (resumable: activations and checkpoints persist).
+    ``ray``: the training activations over Ray workers (:func:`~conceptkit.sae.training_data.chunk_rows`)."""
     from conceptkit.sae import corpus as corpus_mod
     from conceptkit.sae.evaluate import reconstruction_stats, site_rows
     from conceptkit.sae.formats import write_saelens
     from conceptkit.sae.train import TopKTrainer, TrainConfig
+    from conceptkit.sae.training_data import chunk_rows
+    from conceptkit.scale.dataset import ray_requested
 
     t_start = time.perf_counter()
     work = folder.parent / f".{folder.name}.work"
@@ -156,14 +163,14 @@ def build(name: str, site: str, recipe: Recipe, folder: Path, *, model: Any = No
     capture_tokens = len(todo) * chunk * recipe.context
     bar = _tqdm(progress, capture_tokens, "capturing activations", "tok")
     t0 = time.perf_counter()
-    for n_done, i in enumerate(todo):
-        part = {k: v[i * chunk : (i + 1) * chunk] for k, v in train.items()}
-        rows = torch.cat(list(site_rows(model, part, site, skip_first=recipe.skip_first, max_norm_ratio=recipe.max_norm_ratio,
-                                        chunk=chunk)))
-        save_file({"rows": rows.contiguous()}, str(shards / f"{i:05d}.safetensors"))
+    over_ray = ray_requested(ray)
+    rows_of = chunk_rows(model, train, site, todo, chunk=chunk, skip_first=recipe.skip_first,
+                         max_norm_ratio=recipe.max_norm_ratio, ray=ray)
+    for n_done, (i, rows, n_tokens) in enumerate(rows_of):
+        save_file({"rows": rows.contiguous()}, str(shards / f"{i:05d}.safetensors"))  # only this (driver) process writes
         if bar is not None:
-            bar.update(int(part["attention_mask"].sum()))
-        if n_done == 0:
+            bar.update(n_tokens)
+        if n_done == 0 and not over_ray:
             est_capture = (time.perf_counter() - t0) * len(todo)
             probe = TopKTrainer(model.d_model, TrainConfig(d_sae=recipe.d_sae, k=recipe.k, batch_size=min(recipe.batch_size, rows.shape[0])))
             t_step = time.perf_counter()

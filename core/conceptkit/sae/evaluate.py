@@ -44,14 +44,20 @@ def site_rows(
     for start in range(0, ids.shape[0], chunk):
         part = {"input_ids": ids[start : start + chunk], "attention_mask": mask[start : start + chunk]}
         acts = model.capture(part, [site], reduce="all", batch_size=batch_size, progress=False)
-        rows, index = acts[site], acts.token_index
-        keep = index[:, 1] >= skip_first
-        if max_norm_ratio is not None:
-            norms = rows.float().norm(dim=-1)
-            keep &= norms <= max_norm_ratio * norms[keep].median()
         if progress is not None:
             progress(int(part["attention_mask"].sum()))
-        yield rows[keep].float()
+        yield kept_rows(acts[site], acts.token_index, skip_first=skip_first, max_norm_ratio=max_norm_ratio)
+
+
+def kept_rows(rows: torch.Tensor, index: torch.Tensor, *, skip_first: int = 1,
+              max_norm_ratio: float | None = 10.0) -> torch.Tensor:
+    """The rows of one chunk that :func:`site_rows` keeps (``index``: the capture's
+    ``token_index``; the norm limit is relative to this chunk's median), as float32."""
+    keep = index[:, 1] >= skip_first
+    if max_norm_ratio is not None:
+        norms = rows.float().norm(dim=-1)
+        keep &= norms <= max_norm_ratio * norms[keep].median()
+    return rows[keep].float()
 
 
 def reconstruction_stats(sae: SAE, rows: Iterable[torch.Tensor]) -> dict[str, Any]:

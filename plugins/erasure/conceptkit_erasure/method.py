@@ -53,6 +53,7 @@ class Erasure(ck.ArtifactMethod):
     description = "LEACE concept scrubbing of a causal LM, with probe accuracy and bits-per-byte before/after."
     Config = ErasureConfig
     requires = frozenset({ck.Capability.PYTHON_HOOKS})
+    supports_ray = True  # the LEACE fit is a dataset pass per site (ck.dataset_moments); --ray runs it on workers
 
     def _data(self, model: ck.Model, config: ErasureConfig) -> tuple[list[str], list[list[int]]]:
         from conceptkit_erasure.corpus import digit_corpus, token_labels

@@ -4,7 +4,10 @@ Erasers are fitted site by site in execution order, each on activations already 
 erasers before it, and are applied together through the core's affine intervention, on any
 backend. For up to 128 texts the fit is one forward pass (a hook per site fits its eraser and
 passes the erased activations on; bit-identical to one capture per site, tested), beyond that
-one capture per site with the earlier erasers applied.
+one dataset pass per site with the earlier erasers applied: ``conceptkit.dataset_moments``
+streams the LEACE statistics shard by shard (memory bounded by a shard, not the dataset), in
+this process or, inside ``conceptkit.use_ray`` (``conceptkit run erasure --ray``), over Ray
+workers; either way the merged statistics equal a one-pass fit to float64 rounding.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def fit_scrubber(
     Up to ``one_pass_max_texts`` texts (sites in execution order) are fitted in ONE forward pass
     of all texts as one batch: at each site a hook fits the eraser on the activations it sees
     (already scrubbed by the hooks before it) and passes the erased activations on, which is the
-    site-by-site procedure without its one capture per site. More texts: one capture per site.
+    site-by-site procedure without its one capture per site. More texts, or Ray requested
+    (``ck.ray_requested()``: inside ``ck.use_ray``): one streamed dataset pass per site.
     """
     sites = list(sites) if sites is not None else default_sites(model)
     if len(labels) != len(texts):
@@ -89,16 +93,17 @@ def fit_scrubber(
         raise InputError("the token labels hold one class only: there is no concept to erase")
     order = {s: i for i, s in enumerate(model.sites())}
     in_order = all(s in order for s in sites) and [order[s] for s in sites] == sorted(order[s] for s in sites)
-    if len(texts) <= one_pass_max_texts and in_order:
+    if not ck.ray_requested() and len(texts) <= one_pass_max_texts and in_order:
         return _fit_one_pass(model, list(texts), z, sites, k, leace_options)
     scrubber = Scrubber()
     for site in sites:
-        with scrubber.apply(model):
-            acts = model.capture(list(texts), [site], reduce="all", batch_size=batch_size)[site]
-        if acts.shape[0] != z.shape[0]:
-            raise InputError(f"{z.shape[0]} token labels for {acts.shape[0]} tokens at {site!r}: label every token of every text")
-        fitter = LeaceFitter(acts.shape[-1], k, **leace_options)  # type: ignore[arg-type]
-        scrubber.erasers[site] = fitter.update(acts, z).eraser
+        # the earlier erasers go with the pass as interventions (so Ray workers apply them too)
+        stats = ck.dataset_moments(model, list(texts), site, "all", labels=[list(row) for row in labels], n_classes=k,
+                                   interventions=scrubber.interventions(), batch_size=batch_size)
+        if not (torch.isfinite(stats.sxx).all() and torch.isfinite(stats.mean_x).all()):
+            raise InputError(f"activations at {site!r} contain NaN or Inf")
+        fitter = stats.into(LeaceFitter(stats.mean_x.shape[0], k, **leace_options))  # type: ignore[arg-type]
+        scrubber.erasers[site] = fitter.eraser
     return scrubber
 
 
