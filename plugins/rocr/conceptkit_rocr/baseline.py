@@ -6,29 +6,78 @@ GA maximises the negative log-likelihood of the answer given the training prompt
 The paper's claim is that such training forgets its own form much more than other forms of the
 same fact; :mod:`conceptkit_rocr.evaluate` measures exactly that. The trained weights are kept
 as a reversible edit (the handle restores the exact bits).
+
+Gradients come from the public model interface only: for a linear map ``y = x W`` (TL
+``[in, out]`` layout, no bias term involved) the weight gradient is ``Σ_t x_tᵀ ∂L/∂y_t`` over the
+real tokens, so ``model.capture`` of the inputs (``ln2.hook_out``, ``mlp.hook_post``) and
+``model.grad`` of the objective at the outputs (``mlp.hook_pre`` / ``hook_pre_linear`` /
+``hook_mlp_out``) give it exactly, one backward per output site. That costs one backward per
+(layer, role) instead of one per step, which is affordable for a few steps on one prompt.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from conceptkit.api import Handle, HandleGroup
-from conceptkit_rocr.templates import pad_right
+from conceptkit.api import Handle, HandleGroup, InputError
+from conceptkit_rocr.scoring import score_answers
+from conceptkit_rocr.templates import pad_id, pad_right
 
 ROLES = ("in", "gate", "out")
 
 
-def _mlp_params(model: Any) -> list[tuple[str, int, torch.nn.Parameter]]:
+def _sites(model: Any, role: str, layer: int, gated: bool) -> tuple[str, str]:
+    """(input site, output site) of the MLP linear map ``role`` at ``layer``: ``y = x W``."""
+    b = f"blocks.{layer}"
+    if role == "out":
+        return f"{b}.mlp.hook_post", f"{b}.hook_mlp_out"
+    if role == "gate":
+        return f"{b}.ln2.hook_out", f"{b}.mlp.hook_pre"
+    if role == "in":
+        return f"{b}.ln2.hook_out", f"{b}.mlp.hook_pre_linear" if gated else f"{b}.mlp.hook_pre"
+    raise InputError(f"unknown MLP role {role!r}; known: {ROLES}")
+
+
+def _mlp_params(model: Any) -> list[tuple[str, int]]:
     out = []
     for layer in range(model.n_layers):
         for role in ROLES:
             try:
-                out.append((role, layer, model.weights.parameter(role, layer)))
+                model.weights.parameter(role, layer)
             except Exception:  # noqa: BLE001 - e.g. no gate in GPT-2
                 continue
+            out.append((role, layer))
     return out
+
+
+def answer_nll_objective(rows: list[list[int]], n_prompt: list[int]):
+    """Objective ``(logits [B, T, V], batch) -> [B]``: each item's mean answer NLL divided by the
+    number of items (so the batch sum is the mean over items, the loss GA ascends)."""
+
+    def objective(out: torch.Tensor, batch: Any) -> torch.Tensor:
+        logp = torch.log_softmax(out.float(), -1)
+        vals = []
+        for i, ids in enumerate(rows):
+            t = torch.tensor(ids[n_prompt[i] :], device=out.device)
+            vals.append(-logp[i, n_prompt[i] - 1 : len(ids) - 1].gather(-1, t.unsqueeze(-1)).mean() / len(rows))
+        return torch.stack(vals)
+
+    return objective
+
+
+def mlp_weight_grads(model: Any, batch: dict[str, torch.Tensor], objective: Any, where: list[tuple[str, int]]) -> list[torch.Tensor]:
+    """``∂ objective.sum() / ∂W`` (TL ``[in, out]``) for each ``(role, layer)`` in ``where``."""
+    gated = any(r == "gate" for r, _ in where)
+    pairs = [_sites(model, role, layer, gated) for role, layer in where]
+    inputs = model.capture(batch, list(dict.fromkeys(i for i, _ in pairs)), reduce="all")
+    grads = []
+    for (site_in, site_out) in pairs:
+        g = model.grad(batch, site_out, objective, reduce="all")  # [n_tokens, out]
+        grads.append(inputs[site_in].double().T @ g.double())
+    return grads
 
 
 def gradient_ascent(model: Any, items: list[tuple[str, str]], *, lr: float = 2e-5, steps: int = 5) -> "GAEdit":
@@ -40,37 +89,31 @@ def gradient_ascent(model: Any, items: list[tuple[str, str]], *, lr: float = 2e-
         ids = list(tok(prompt + answer, add_special_tokens=True)["input_ids"])
         rows.append(ids)
         n_prompt.append(len(tok(prompt, add_special_tokens=True)["input_ids"]))
-    enc = pad_right(rows, 0)
-    params = _mlp_params(model)
-    originals = [p.detach().clone() for _, _, p in params]
-    flags = [p.requires_grad for _, _, p in params]
-    batch = model.tokenize(enc)
-    opt = torch.optim.Adam([p for _, _, p in params], lr=lr)
-    losses = []
-    try:
-        for p in (p for _, _, p in params):
-            p.requires_grad_(True)
-        for _ in range(steps):
-            opt.zero_grad()
-            with torch.enable_grad():
-                logits = model._forward(batch).float()  # TODO(public-surface): a differentiable forward
-                logp = torch.log_softmax(logits[:, :-1], -1)
-                nll = []
-                for i, ids in enumerate(rows):
-                    t = torch.tensor(ids[n_prompt[i] :])
-                    nll.append(-logp[i, n_prompt[i] - 1 : len(ids) - 1].gather(-1, t.unsqueeze(-1)).mean())
-                loss = -torch.stack(nll).mean()  # ascend the answer's NLL
-                loss.backward()
-            opt.step()
-            losses.append(float(-loss))
-        trained = [p.detach().clone() for _, _, p in params]
-    finally:
-        with torch.no_grad():
-            for (_, _, p), orig, flag in zip(params, originals, flags):
-                p.copy_(orig)
-                p.grad = None
-                p.requires_grad_(flag)
-    return GAEdit([(r, l) for r, l, _ in params], trained, losses, lr, steps)
+    batch = pad_right(rows, pad_id(tok))
+    objective = answer_nll_objective(rows, n_prompt)
+    where = _mlp_params(model)
+    W = model.weights
+    # TL-layout float32 copies are trained; the model's weights change only inside edit handles
+    params = [W.in_out(role, W.parameter(role, layer)).detach().clone().float().requires_grad_(True) for role, layer in where]
+    opt = torch.optim.Adam(params, lr=lr)
+    losses: list[float] = []
+    for _ in range(steps):
+        group = HandleGroup(description="gradient-ascent step")
+        try:
+            for (role, layer), p in zip(where, params):
+                new = W.in_out(role, p.detach())
+                group.add(W.edit(role, layer, lambda old, new=new: new.to(old.dtype).contiguous().clone()))
+            nll = sum(-math.log(max(sc.prob, 1e-300)) for sc in score_answers(model, items)) / len(items)  # mean answer NLL, logged
+            grads = mlp_weight_grads(model, batch, objective, where)
+        finally:
+            group.remove()
+        opt.zero_grad()
+        for p, g in zip(params, grads):
+            p.grad = (-g).to(p.dtype)  # ascend the answer's NLL = descend its negative
+        opt.step()
+        losses.append(nll)
+    trained = [W.in_out(role, p.detach()).to(W.parameter(role, layer).dtype).contiguous().clone() for (role, layer), p in zip(where, params)]
+    return GAEdit(where, trained, losses, lr, steps)
 
 
 class GAEdit:
