@@ -27,7 +27,7 @@ import conceptkit as ck
 from conceptkit_activation_reasoning import detection as det
 from conceptkit_activation_reasoning.dictionary import ConceptDictionary, vector_sae
 from conceptkit_activation_reasoning.logic import Rule, parse_rules
-from conceptkit_activation_reasoning.reasoner import Inference, reason
+from conceptkit_activation_reasoning.reasoner import Inference, keep_fired, reason
 from conceptkit_activation_reasoning.steering import ARSteer, combine, concept_direction
 
 
@@ -229,7 +229,7 @@ class ReasoningPolicy(ck.GenerationPolicy):
                         self.facts[b] = self.facts[b] + names
                         changed = True
                 if changed:
-                    self.inferences = [self.ar.reason(f) for f in self.facts]
+                    self.inferences = [keep_fired(prev, self.ar.reason(f)) for prev, f in zip(self.inferences, self.facts)]
         self.trace.append(StepTrace(state.step, detected, [list(i.concluded) for i in self.inferences], applied.detach().clone()))
         new = self._steerer()
         if self.current.positions == "all" and torch.equal(new.direction, self.current.direction):

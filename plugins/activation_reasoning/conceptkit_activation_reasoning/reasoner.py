@@ -75,7 +75,8 @@ What differs from the reference (on purpose):
 * several answer rules with the same body (impossible in the reference's dict) all fire;
 * universal rules (``x``) are not supported (see :mod:`.logic`);
 * the reference keeps a rule fired once in a generation active (``max`` over time); that
-  stickiness belongs to the caller (the engine), not to this per-call function.
+  stickiness belongs to the caller: the engine merges each step's inference with the previous one
+  through :func:`keep_fired`.
 """
 
 from __future__ import annotations
@@ -433,3 +434,18 @@ def reason(detected: Sequence[str], rules: Sequence[Rule], mode: str = "forward_
             f"rules mode {mode!r}: the detected list of {len(detected)} names nests too deeply to read as one statement "
             "(Python's recursion limit; the reference's parser has the same limit)"
         ) from None
+
+
+def keep_fired(previous: Inference, current: Inference) -> Inference:
+    """``current`` plus every rule that fired in ``previous`` and not again: during generation a rule
+    once fired stays active (spec §4.4; the reference's ``active_rules = max(previous, current)``).
+
+    Forward chaining and ``legacy`` are monotone in the facts, so for them this changes nothing;
+    ``simple``, ``complex`` and ``open_world`` re-read the whole statement and could otherwise drop a
+    conclusion when later tokens add propositions."""
+    again = {(f.rule, f.head) for f in current.firings}
+    kept = [f for f in previous.firings if (f.rule, f.head) not in again]
+    if kept:
+        current.firings = kept + current.firings
+        current.known |= {f.head for f in kept}
+    return current

@@ -290,3 +290,19 @@ def test_a_too_long_statement_is_a_clear_error() -> None:
     deeper than Python's recursion limit is an InputError naming the mode and length, not a crash."""
     with pytest.raises(ck.InputError, match="5000 names"):
         reason([f"c{i}" for i in range(5000)], parse_rules(["c0 -> d"]), "simple")
+
+
+def test_fired_rules_stay_active_as_generation_adds_propositions() -> None:
+    """Spec §4.4 (the reference's sticky active_rules): under ``simple`` a rule that fired on the
+    prompt's propositions would not fire once generated tokens add two more names (Jaccard 1/3 < 0.5);
+    keep_fired keeps it, as the engine does at every step. Monotone modes are unaffected."""
+    from conceptkit_activation_reasoning.reasoner import keep_fired, reason
+
+    rules = parse_rules(["Bridge -> Golden Gate Bridge"])
+    first = reason(["Bridge"], rules, "simple")
+    later = reason(["Bridge", "San Francisco", "United States"], rules, "simple")
+    assert first.concluded == ["Golden Gate Bridge"] and later.concluded == []
+    kept = keep_fired(first, later)
+    assert kept.concluded == ["Golden Gate Bridge"] and "Golden Gate Bridge" in kept.known
+    chained = keep_fired(reason(["Bridge"], rules), reason(["Bridge", "San Francisco"], rules))
+    assert chained.concluded == ["Golden Gate Bridge"]  # forward chaining: fired again, not duplicated
