@@ -33,19 +33,32 @@ def prompts(n: int) -> list[str]:
 
 
 def ray_part() -> None:
+    """Capture of N prompts (CONCEPTKIT_BENCH_SCALE_N) in one process and over 1 and 2 Ray
+    workers, interleaved (CONCEPTKIT_BENCH_SCALE_REPEATS rounds), plus the dataset_moments
+    pass (LEACE / ROCR statistics) locally and over 2 workers.
+
+    Threads: every contender gets the machine's cores once. The single process uses torch's
+    default (one thread per core); the 1-worker pool reserves every core for its worker
+    (``cpus_per_worker=cores``, as many torch threads); the 2-worker pool gives each worker half
+    (``cores // 2`` threads each), so the two workers do not oversubscribe the cores."""
     import ray
 
-    from conceptkit.scale import RayCapture
+    from conceptkit.scale import RayCapture, dataset_moments, use_ray
 
+    cores = os.cpu_count() or 1
     texts = prompts(N)
+    repeats = int(os.environ.get("CONCEPTKIT_BENCH_SCALE_REPEATS", "1"))
     local = ck.load_model(MODEL, backend="transformers")
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    print(f"  load average before: {os.getloadavg()[0]:.2f}; {cores} cores; driver torch threads {torch.get_num_threads()}")
+    per2 = max(1, cores // 2)
+    ray.init(num_cpus=cores + 2 * per2, include_dashboard=False, log_to_driver=False)  # logical CPUs: both pools fit
     try:
         t0 = time.perf_counter()
-        one = RayCapture(MODEL, "transformers", workers=1)
-        two = RayCapture(MODEL, "transformers", workers=2)
+        one = RayCapture(MODEL, "transformers", workers=1, cpus_per_worker=cores)
+        two = RayCapture(MODEL, "transformers", workers=2, cpus_per_worker=per2)
         one.pids(), two.pids()
-        print(f"  (Ray start-up: 3 workers loaded the model in {time.perf_counter() - t0:.1f} s, excluded below)")
+        print(f"  (Ray start-up: 3 workers loaded the model in {time.perf_counter() - t0:.1f} s, excluded below; "
+              f"threads per worker: 1-worker pool {one.threads}, 2-worker pool {two.threads})")
         ref = local.capture(texts, SITE, "last", batch_size=BATCH, progress=False)[SITE]
         got = two.capture(texts, SITE, "last", batch_size=BATCH)[SITE]
         print(f"  2-worker result equals the single-process capture bit for bit: {torch.equal(ref, got)}")
@@ -55,19 +68,38 @@ def ray_part() -> None:
                 "Ray, 1 worker": lambda: one.capture(texts, SITE, "last", batch_size=BATCH),
                 "Ray, 2 workers": lambda: two.capture(texts, SITE, "last", batch_size=BATCH),
             },
-            repeats=int(os.environ.get("CONCEPTKIT_BENCH_SCALE_REPEATS", "2")),
+            repeats=repeats,
             warmup=0,
         )
-        report(f"capture {N} prompts ({MODEL}, {SITE}, last, batch {BATCH}) on {os.cpu_count()} CPU cores", times,
+        report(f"capture {N} prompts ({MODEL}, {SITE}, last, batch {BATCH}) on {cores} CPU cores", times,
                "single process (model.capture)")
         for name, t in times.items():
             print(f"  {name:<40} {N / t:9.1f} prompts/s")
+
+        # the method-facing pass: float64 moments of every token (what erasure / ROCR stream)
+        m_texts = texts[: max(BATCH, N // 5)]
+        size = max(BATCH, len(m_texts) // 8)  # 8 shards: both workers stay busy (default shard_size is 256)
+        with use_ray(pool=two):
+            m_ray = dataset_moments(local, m_texts, SITE, batch_size=BATCH, shard_size=size)
+        m_local = dataset_moments(local, m_texts, SITE, batch_size=BATCH, shard_size=size)
+        print(f"  dataset_moments over 2 workers equals the local pass bit for bit: {torch.equal(m_ray.sxx, m_local.sxx)}")
+
+        def moments_ray() -> None:
+            with use_ray(pool=two):
+                dataset_moments(local, m_texts, SITE, batch_size=BATCH, shard_size=size)
+
+        mt = interleaved({"dataset_moments, local": lambda: dataset_moments(local, m_texts, SITE, batch_size=BATCH, shard_size=size),
+                          "dataset_moments, Ray 2 workers": moments_ray}, repeats=repeats, warmup=0)
+        report(f"dataset_moments of {len(m_texts)} prompts (all tokens, float64)", mt, "dataset_moments, local")
         one.close(), two.close()
     finally:
         ray.shutdown()
+        print(f"  load average after: {os.getloadavg()[0]:.2f}")
 
 
 def trace_part() -> None:
+    """Capture and generation through the trace executor against the same work written by hand in
+    nnsight (the raw capture stops its trace after the read, as the executor's capture plan does)."""
     model = ck.load_model(MODEL, backend="nnsight")
     trace = model.with_executor("trace")
     local_sim = model.with_executor("trace", remote="local")
@@ -79,9 +111,10 @@ def trace_part() -> None:
     def raw() -> list[torch.Tensor]:
         out = []
         for b in batches:
-            with nn.trace({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "position_ids": b.position_ids}):
+            with nn.trace({"input_ids": b.input_ids, "attention_mask": b.attention_mask, "position_ids": b.position_ids}) as tracer:
                 h = nn.model.layers[layer].output
                 h = (h[0] if isinstance(h, tuple) else h).save()
+                tracer.stop()
             out.append(h[torch.arange(len(b)), b.lengths - 1].float())
         return out
 
@@ -98,6 +131,45 @@ def trace_part() -> None:
         repeats=3,
     )
     report(f"capture 64 prompts ({MODEL}, {SITE}, last, batch {BATCH}) through nnsight", times, "raw nnsight trace")
+
+    # generation: a steering Add at every step, one batch of 16 prompts, 8 new tokens, greedy
+    from conceptkit.generation import _left_pad
+
+    steer_layer, new_tokens = 10, 8
+    vec = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0)) * 2
+    steer = [ck.Add(site=f"blocks.{steer_layer}.hook_resid_post", vector=vec)]
+    gen_texts = prompts(BATCH)
+    rows = [model.tokenize([t]).input_ids[0] for t in gen_texts]
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+    ids, mask = _left_pad(rows, pad)
+
+    def raw_generate() -> torch.Tensor:
+        with nn.generate({"input_ids": ids, "attention_mask": mask}, max_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=pad) as tracer:
+            for _ in tracer.iter[:new_tokens]:
+                h = nn.model.layers[steer_layer].output
+                x = (h[0] if isinstance(h, tuple) else h) + vec
+                nn.model.layers[steer_layer].output = (x, *h[1:]) if isinstance(h, tuple) else x
+            out = tracer.result.save()
+        return out[:, ids.shape[1]:]
+
+    def executor(m) -> list[list[int]]:  # noqa: ANN001
+        return [t.tolist() for t in m.generate(gen_texts, steer, max_new_tokens=new_tokens, batch_size=BATCH).token_ids]
+
+    raw_ids = [r.tolist() for r in raw_generate()]
+    same = executor(trace) == executor(model) == [r[: len(e)] for r, e in zip(raw_ids, executor(trace))]
+    print(f"  generation: trace executor, hook executor and raw nnsight generate give the same token ids: {same}")
+    times = interleaved(
+        {
+            "raw nnsight generate": raw_generate,
+            "trace executor generate": lambda: executor(trace),
+            "trace executor generate (remote='local')": lambda: executor(local_sim),
+            "hook executor generate (default)": lambda: executor(model),
+        },
+        repeats=3,
+    )
+    report(f"generate {new_tokens} tokens for {BATCH} prompts ({MODEL}, steering Add at layer {steer_layer})", times,
+           "raw nnsight generate")
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ without a KV cache (a TransformerLens-native model, a third-party backend) is ru
 the full sequence at every step instead; see "Policies" for the one place where that differs.
 A backend that executes plans itself (overrides ``Model.execute``, no ``_forward_cached``) gets
 one :class:`~conceptkit.plans.Plan` per step and prompt, with each intervention's rows written
-as explicit positions, so generation never needs its hooks.
+as explicit positions, so generation never needs its hooks. A backend that generates itself
+(``model.native_generation``: the nnsight trace executor) takes batches with fixed
+interventions and no policy whole.
 
 Prompts are padded on the left (every row's newest token is then the last column), position ids
 count real tokens only, and the attention mask always spans the whole sequence, so a batch
@@ -39,7 +41,9 @@ Policies
     ``"new"``/``"all"`` policy changes its interventions, the affected rows are recomputed
     (the cache is cropped to the prompt, or dropped); returning the same interventions again
     costs one row. Without a KV cache, ``"last"`` interventions of a policy act on the newest
-    row only, and earlier rows are recomputed without them.
+    row only, and earlier rows are recomputed without them; a backend that executes plans
+    instead replays each ``"last"`` decision at the row it acted on, so it generates what the
+    cached loop does.
 
 Sampling and EOS
     ``temperature=0`` is greedy; ``temperature > 0`` samples, after HF's top-k then top-p

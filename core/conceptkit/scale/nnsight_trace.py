@@ -19,6 +19,10 @@ gradient plans whose objective is not linear in the logits (loss, log-probabilit
 functionals, Python callables), plugin intervention ops, virtual sites (SAE latents), sites read through a view
 (attention heads, patterns, norm scales). Select it with ``model.with_executor("trace", remote=...)``
 on an nnsight model.
+
+Generation: fixed interventions run inside ``nn_model.generate`` (:mod:`conceptkit.scale.trace_generate`);
+a :class:`~conceptkit.generation.GenerationPolicy` runs as one trace per step and prompt (the plan
+path of :mod:`conceptkit.generation`, the prefix recomputed each step).
 """
 
 from __future__ import annotations
