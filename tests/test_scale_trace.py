@@ -106,7 +106,8 @@ def test_nll_equals_hooks(models) -> None:
 
 @pytest.mark.slow
 def test_smollm2_trace_capture_and_run_equal_hooks() -> None:
-    """On SmolLM2, remote="local" capture (mean) and run with a steering Add equal the hook executor (≤1e-5)."""
+    """On SmolLM2, remote="local" capture (mean) and run with a steering Add equal the hook executor (≤1e-5),
+    and generation with it gives the same token ids."""
     m = ck.load_model("smollm2-135m", backend="nnsight")
     t = m.with_executor("trace", remote="local")
     site = "blocks.9.hook_resid_post"
@@ -114,6 +115,8 @@ def test_smollm2_trace_capture_and_run_equal_hooks() -> None:
     assert torch.allclose(a[site], b[site], atol=1e-5, rtol=0)
     iv = [Add(site="blocks.3.hook_resid_post", vector=torch.ones(m.d_model), coeff=2.0)]
     assert torch.allclose(m.run(TEXTS, interventions=iv), t.run(TEXTS, interventions=iv), atol=1e-5, rtol=0)
+    a, b = m.generate(TEXTS, iv, max_new_tokens=6), t.generate(TEXTS, iv, max_new_tokens=6)  # nnsight's generate
+    assert [x.tolist() for x in a.token_ids] == [x.tolist() for x in b.token_ids]
 
 
 # -- generation ----------------------------------------------------------------------------------
