@@ -59,7 +59,7 @@ def _objects():
         model, folder = _fresh_llama()
         return LanguageModel(model, tokenizer=_tokenizer(folder)), {}
 
-    def language_model_lazy():  # loaded from a path with meta weights: dispatched by wrap
+    def language_model_lazy():  # loaded from a path with meta weights: wrap keeps them; the hook executor loads them on first use
         _, folder = _fresh_llama()
         return LanguageModel(str(folder), tokenizer=_tokenizer(folder), attn_implementation="eager"), {}
 
