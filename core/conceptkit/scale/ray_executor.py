@@ -256,8 +256,11 @@ class RayCapture:
                     on_result(shard, result)
                 idle.append(slot)
         except BaseException:
-            for ref in inflight:
-                ray.cancel(ref, force=True)
+            for ref in inflight:  # results nobody will read; force=True is refused for actor tasks
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - already finished or gone: the original error matters
+                    pass
             raise
 
     def _retry_or_fail(self, shard: Shard, attempts: dict[int, int], pending: deque, error: Exception) -> None:
