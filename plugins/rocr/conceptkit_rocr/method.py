@@ -20,18 +20,19 @@ class ROCR(ck.ArtifactMethod):
     description = "Rank-one concept redirection: unlearn a concept by redirecting it to a harmless one (null-space-constrained MLP edit)."
     Config = RocrConfig
     requires = frozenset({ck.Capability.PYTHON_HOOKS})
+    supports_ray = True  # the preserved-key statistics go through conceptkit.scale.dataset_moments
 
     def _stats(self, model: ck.Model, cfg: RocrConfig, layers: list[int], store: Any) -> dict:
         from conceptkit_rocr.corpus import preserved_texts
         from conceptkit_rocr.stats import layer_stats
 
-        texts, fp = preserved_texts(cfg.stats_texts, cfg.stats_corpus, cfg.stats_prose)
-        return layer_stats(model, layers, texts, fp, threshold=cfg.nullspace_threshold, relative=cfg.nullspace_relative, store=store, batch_size=cfg.batch_size)
+        texts, fp = preserved_texts(cfg.stats_texts, cfg.stats_corpus, cfg.stats_chars)
+        return layer_stats(model, layers, texts, fp, threshold=cfg.nullspace_threshold, relative=cfg.nullspace_relative, store=store, batch_size=cfg.batch_size, ray=cfg.ray)
 
     def _edit(self, model: ck.Model, cfg: RocrConfig, stats: dict, layers: list[int], C_prev: dict | None = None) -> "RocrEdit":
         from conceptkit_rocr.edit import compute_edit
 
-        reject = dict(reject_target=cfg.reject_target, v_lr=cfg.v_lr, v_steps=cfg.v_steps, v_weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor)
+        reject = dict(reject_target=cfg.reject_target, v_lr=cfg.v_lr, v_steps=cfg.v_steps, v_weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor, kl_factor=cfg.kl_factor)
         return compute_edit(
             model, cfg.target, cfg.harmless, layers, {l: s.projector.P for l, s in stats.items()},
             z_layer=cfg.z_layer, l2=cfg.l2, mode=cfg.mode, value_context=cfg.value_context, templates=cfg.templates,

@@ -1,10 +1,13 @@
 """The ``reject`` value (ROME/MEMIT-style ``compute_z``): ``z = h + δ`` at the target's last token,
 optimised so that every context template followed by the target outputs a refusal.
 
-Adam on ``δ`` with the reference's weight decay ``wd ‖δ‖ / ‖h‖²`` and the norm clamp
-``‖δ‖ ≤ clamp_norm_factor ‖h‖``. Not reproduced: the reference's KL term on ``"{} is a"``
-(``kl_factor``), which keeps the subject's other predictions; documented in docs/rocr.md.
-Gradients come from ``model.grad`` with ``δ`` added as an intervention at that token.
+Adam on ``δ`` with the reference's loss: the refusal's NLL averaged over the templates, plus
+``kl_factor · KL(p_δ ‖ p_0)`` of the next-token distribution at the subject's last token of
+``"<subject> is a"`` (which keeps the subject's other predictions; ``δ`` is added there too), plus
+the weight decay ``wd ‖δ‖ / ‖h‖²``; then the norm clamp ``‖δ‖ ≤ clamp_norm_factor ‖h‖``. As in the
+reference the last of ``v_steps`` iterations stops before its update (``v_steps - 1`` updates);
+its early stop at a total loss below 0.05 is not reproduced (``model.grad`` returns gradients,
+not the loss). Gradients come from ``model.grad`` with ``δ`` added as an intervention at that token.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import torch
 
-from conceptkit.interventions import Add  # TODO(public-surface)
+from conceptkit.api import Add
 from conceptkit_rocr.templates import REQUEST, SLOT, subject_prefix_ids
 
 
@@ -28,6 +31,7 @@ def reject_value(
     v_steps: int = 25,
     v_weight_decay: float = 0.5,
     clamp_norm_factor: float = 1.0,
+    kl_factor: float = 0.125,
 ) -> torch.Tensor:
     tok = model.tokenizer
     site = f"blocks.{z_layer}.hook_resid_post"
@@ -48,15 +52,30 @@ def reject_value(
     from conceptkit_rocr.edit import read_at_subject
 
     init = read_at_subject(model, templates[:1], target, site)[0]  # the unedited value, first template
+    # KL prompt "<subject> is a": the distribution at the subject's last token, before any change
+    kl_ids = list(tok(target, add_special_tokens=True)["input_ids"])  # "<subject> is a" cut after the subject (causal)
+    kl_idx = len(kl_ids) - 1
+    kl_batch = {"input_ids": torch.tensor([kl_ids]), "attention_mask": torch.ones(1, len(kl_ids), dtype=torch.long)}
+    kl_init = torch.log_softmax(model.run(kl_batch, reduce=[kl_idx])[0, 0].double(), -1)
+
+    def kl_objective(out: torch.Tensor, batch: Any) -> torch.Tensor:
+        lp = torch.log_softmax(out[:, kl_idx].double(), -1)  # [1, V]
+        return (lp.exp() * (lp - kl_init.to(lp.device))).sum(-1).float()  # KL(p_delta || p_0), as kl_div(init, cur, log_target)
+
     delta = torch.zeros(model.d_model, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=v_lr)
-    for _ in range(v_steps):
+    for it in range(v_steps):
+        if it == v_steps - 1:
+            break  # the reference computes the last iteration's loss and stops before updating
         grad = torch.zeros(model.d_model)
         for ids, idx in prompts:
             batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
             add = Add(site=site, vector=delta.detach().clone(), positions=[idx])
             g = model.grad(batch, site, objective, reduce=[idx], interventions=[add])
             grad -= g[0, 0] / len(prompts)  # minimise the negative log-likelihood
+        if kl_factor:
+            add = Add(site=site, vector=delta.detach().clone(), positions=[kl_idx])
+            grad += kl_factor * model.grad(kl_batch, site, kl_objective, reduce=[kl_idx], interventions=[add])[0, 0]
         opt.zero_grad()
         norm = delta.detach().norm()
         wd = v_weight_decay * delta.detach() / (norm.clamp_min(1e-12) * init.norm() ** 2) if norm > 0 else torch.zeros_like(grad)

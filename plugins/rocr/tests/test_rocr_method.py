@@ -51,3 +51,32 @@ def test_cli_run_then_edit_show(tmp_path, capsys):
     record = ck.open_store(store).find(kind="weight_edit")[0]
     main(["edit", "show", record.id[:12], "--store", store])
     assert "low_rank" in capsys.readouterr().out
+
+
+def test_reject_mode_kl_term_keeps_the_subject_distribution():
+    """Reject mode: with the reference's KL term (large weight) the optimised value changes the
+    next-token distribution after '<target>' less than without it (z at layer 0 of 2, so that
+    the refusal's positions see the change through layer 1's attention)."""
+    from conceptkit_rocr.edit import read_at_subject, resid_site
+    from conceptkit_rocr.reject import reject_value
+    from conceptkit_rocr.templates import context_templates
+    from conceptkit.api import Add
+
+    model = ck.load_model("tiny-llama")
+    ctx, _ = context_templates(model.tokenizer)
+    ids = list(model.tokenizer("Rome", add_special_tokens=True)["input_ids"])
+    idx = len(ids) - 1
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    p0 = torch.log_softmax(model.run(batch, reduce=[idx])[0, 0].double(), -1)
+    h = read_at_subject(model, ctx[:1], "Rome", resid_site(0))[0]
+
+    def kl(z):
+        add = Add(site=resid_site(0), vector=(z - h).float(), positions=[idx])
+        lp = torch.log_softmax(model.run(batch, [add], reduce=[idx])[0, 0].double(), -1)
+        return float((lp.exp() * (lp - p0)).sum())
+
+    kw = dict(v_lr=0.5, v_steps=6, v_weight_decay=0.0, clamp_norm_factor=4.0)
+    free = reject_value(model, "Rome", ctx, 0, kl_factor=0.0, **kw)
+    kept = reject_value(model, "Rome", ctx, 0, kl_factor=50.0, **kw)
+    assert (free - h).norm() > 0 and (kept - h).norm() > 0  # both moved (layer 0: later attention carries delta)
+    assert kl(kept) < kl(free)
