@@ -87,7 +87,8 @@ class TCAVConfig(ck.MethodConfig):
     test_size: float = pydantic.Field(0.33, gt=0, lt=1)
     normalize_cav: bool = True
     min_cav_accuracy: float = pydantic.Field(
-        0.6, description="CAVs below this held-out accuracy are dropped, for the concept and the random side alike"
+        0.6, description="a concept with more than a quarter of its CAVs below this held-out accuracy is not tested; "
+        "the same count is reported for the replays (the test's statistic uses all CAVs on both sides)"
     )
     gradient_of: Literal["target", "loss"] = pydantic.Field("target", description="paper/captum: target, count S>0; TF: loss, count S<0")
     test: Literal["auto", "monte_carlo", "two_sample_random", "one_sample_0.5"] = pydantic.Field(
@@ -97,6 +98,12 @@ class TCAVConfig(ck.MethodConfig):
         "run-level t-tests kept for parity: ANTICONSERVATIVE (they treat runs sharing the concept's examples as independent)",
     )
     n_null: int = pydantic.Field(200, ge=19, description="Monte Carlo replays (the smallest reachable p is about 2 / (n_null + 1))")
+    statistic: Literal["cosine", "score"] = pydantic.Field(
+        "cosine",
+        description="the Monte Carlo test's statistic: cosine = mean cos(gradient, CAV) over runs and targets (does not "
+        "saturate when all targets' gradients point alike); score = the mean TCAV sign score, ties broken by the mean "
+        "directional derivative. The reported score is always the sign score",
+    )
     alternative: Literal["auto", "greater", "less"] = pydantic.Field(
         "auto", description="auto: report the side the data fall on and double the one-sided p; greater/less: one side only"
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from conceptkit_tcav.scores import batch_scores, kept_statistic
+from conceptkit_tcav.scores import batch_cosines, batch_scores, experiment_statistic
 
 #: replays fitted in one batch are capped at about this many float64 numbers
 _CHUNK_NUMBERS = 12_000_000
@@ -46,10 +46,16 @@ class Runs:
     signs: torch.Tensor  # [m]
     magnitudes: torch.Tensor  # [m]
     keep: torch.Tensor  # [m] bool: accuracy >= min_accuracy
+    cosines: torch.Tensor  # [m] mean over targets of cos(gradient, CAV)
 
-    @property
-    def statistic(self) -> tuple[float, float]:
-        return kept_statistic(self.signs, self.magnitudes, self.keep)
+    def statistic(self, kind: str) -> tuple[float, ...]:
+        """The Monte Carlo statistic over all runs (the quality filter gates, it does not select)."""
+        return experiment_statistic(kind, self.signs, self.magnitudes, self.cosines)
+
+    def gated(self, min_kept: float) -> bool:
+        """True when more than ``min_kept`` (a fraction) of the CAVs are below the accuracy
+        threshold: the experiment is then not tested (the same rule for the concept and replays)."""
+        return self.n_dropped > min_kept * len(self.keep)
 
     @property
     def n_dropped(self) -> int:
@@ -67,7 +73,8 @@ def fit_runs(pos: torch.Tensor, neg: torch.Tensor, G: torch.Tensor, recipe: Reci
     )
     directions = -batch.directions if negate else batch.directions
     signs, mags = batch_scores(G, directions, recipe.count_negative)
-    return Runs(directions, batch.accuracy, signs, mags, batch.accuracy >= recipe.min_accuracy)
+    cos = batch_cosines(G, directions)
+    return Runs(directions, batch.accuracy, signs, mags, batch.accuracy >= recipe.min_accuracy, -cos if recipe.count_negative else cos)
 
 
 def draw_sets(rng: np.random.Generator, n_available: int, n_sets: int, size: int) -> tuple[np.ndarray, bool]:
@@ -132,6 +139,17 @@ class Relative:
         return self.draw(rng, order[: self.n_concept], order[self.n_concept :])
 
 
+@dataclass
+class Null:
+    """The replays of one experiment: their statistics and what the quality filter saw in them."""
+
+    stats: list[tuple[float, ...]]
+    mean_scores: list[float]  # each replay's mean sign score (for the report)
+    n_dropped: int  # replay CAVs below the accuracy threshold
+    n_cavs: int
+    n_gated: int  # replays that the quality gate would not have tested
+
+
 def replays(
     draw: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]],
     pos_rows: torch.Tensor,
@@ -140,11 +158,15 @@ def replays(
     recipe: Recipe,
     n_null: int,
     seed: int,
+    statistic: str,
+    gate: float,
     negate: bool = False,
-) -> tuple[list[tuple[float, float]], list[float], int, int]:
+) -> Null:
     """Run ``n_null`` replays; ``draw(rng)`` gives (pos indices [runs, n1], neg indices [runs, n0])
-    into ``pos_rows`` / ``neg_rows``. Returns the replays' statistics, their mean scores, and how
-    many of all their CAVs were dropped out of how many."""
+    into ``pos_rows`` / ``neg_rows``. Each replay is summarised by the same statistic as the real
+    experiment, over all its CAVs; how many replays the quality gate (more than ``gate`` of the
+    CAVs below ``recipe.min_accuracy``) would have refused is counted, not acted on: the test is
+    unconditional, and gating the real experiment can only lower its rejection rate."""
     rng = np.random.default_rng([seed, 7919])
     draws = [draw(rng) for _ in range(n_null)]
     runs, n1 = draws[0][0].shape
@@ -155,20 +177,19 @@ def replays(
         from conceptkit.api import InputError
 
         raise InputError("activations contain NaN or Inf")
-    stats: list[tuple[float, float]] = []
-    dropped = total = 0
+    out = Null([], [], 0, 0, 0)
     for start in range(0, n_null, per_chunk):
         part = draws[start : start + per_chunk]
         p_idx = torch.from_numpy(np.concatenate([p for p, _ in part]))
         n_idx = torch.from_numpy(np.concatenate([n for _, n in part]))
         fitted = fit_runs(pos_rows[p_idx], neg_rows[n_idx], G, recipe, seed=seed * 1_000_003 + 17 + start, negate=negate, check_finite=False)
         k = len(part)
-        signs, mags, keep = fitted.signs.view(k, runs), fitted.magnitudes.view(k, runs), fitted.keep.view(k, runs)
-        keep = torch.where(keep.any(1, keepdim=True), keep, torch.ones_like(keep))  # none kept: all count
-        w = keep.double()
-        mean_sign = (signs * w).sum(1) / w.sum(1)
-        mean_mag = (mags * w).sum(1) / w.sum(1)
-        stats += [(round(float(a), 12), float(b)) for a, b in zip(mean_sign, mean_mag)]
-        dropped += int((~fitted.keep).sum())
-        total += k * runs
-    return stats, [a for a, _ in stats], dropped, total
+        signs, mags, cos, keep = (x.view(k, runs) for x in (fitted.signs, fitted.magnitudes, fitted.cosines, fitted.keep))
+        for j in range(k):
+            out.stats.append(experiment_statistic(statistic, signs[j], mags[j], cos[j]))
+            out.mean_scores.append(float(signs[j].mean()))
+        dropped = (~keep).sum(1)
+        out.n_dropped += int(dropped.sum())
+        out.n_gated += int((dropped > gate * runs).sum())
+        out.n_cavs += k * runs
+    return out

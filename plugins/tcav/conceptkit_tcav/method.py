@@ -29,6 +29,27 @@ TEST_NOTES = {
 }
 
 
+#: the quality gate: an experiment with more than this fraction of its CAVs below min_cav_accuracy is not tested
+GATE = 0.25
+
+
+def _null_side(rep: "Any") -> dict[str, Any]:
+    """What the replays looked like, for the report (the same accuracy rule as the concept)."""
+    import numpy as np
+
+    return {"n_dropped": rep.n_dropped, "n_cavs": rep.n_cavs, "n_replays": len(rep.stats), "n_gated": rep.n_gated,
+            "mean": float(np.mean(rep.mean_scores)), "std": float(np.std(rep.mean_scores)),
+            "statistic_mean": float(np.mean([s[0] for s in rep.stats])), "statistic_std": float(np.std([s[0] for s in rep.stats]))}
+
+
+STATISTIC_NOTES = {
+    "cosine": "cosine: mean over runs and targets of cos(gradient, CAV) (the directional derivative normalised; does not "
+    "saturate); the reported score is the TCAV sign score",
+    "score": "score: mean TCAV sign score, ties broken by the mean directional derivative (saturates when the targets' "
+    "gradients point alike)",
+}
+
+
 class PositionMismatchWarning(UserWarning):
     """CAVs and gradients are read at different kinds of token position."""
 
@@ -176,6 +197,10 @@ class TCAV(ck.Method):
             "test": test,
             "test_note": TEST_NOTES[test],
             "n_null": config.n_null if test == "monte_carlo" else 0,
+            "statistic": STATISTIC_NOTES[config.statistic] if test == "monte_carlo" else "t statistic of the kept runs' sign scores",
+            "quality_gate": f"a concept with more than {GATE:.0%} of its CAVs below min_cav_accuracy is not tested; "
+            + ("the Monte Carlo statistic and the score use all CAVs, for the concept and every replay alike" if test == "monte_carlo"
+               else "the t-tests use the kept CAVs"),
             "alternative": config.alternative if test == "monte_carlo" else "two-sided",
             "equal_var": config.equal_var,
             "bonferroni": bonferroni,
@@ -194,15 +219,15 @@ class TCAV(ck.Method):
         def rows(texts: list[str], site: str) -> torch.Tensor:
             return acts[site][[row_of[t] for t in texts]].double()
 
-        def outcome_for(runs: ex.Runs, null: list[tuple[float, float]] | None, baseline: list[float] | None) -> TestOutcome:
+        def outcome_for(runs: ex.Runs, null: list[tuple[float, ...]] | None, baseline: list[float] | None) -> TestOutcome:
             if len(targets) < 2:
                 return TestOutcome(float("nan"), "", "1 target input: each run scores 0 or 1; give more targets to test")
-            if runs.n_dropped > m / 4:
+            if runs.gated(GATE):
                 return TestOutcome(float("nan"), "", f"{runs.n_dropped}/{m} CAVs near chance (accuracy < {config.min_cav_accuracy}): not tested")
             if test == "monte_carlo":
                 from conceptkit_tcav.scores import monte_carlo_p
 
-                return monte_carlo_p(runs.statistic, null or [], config.alternative)
+                return monte_carlo_p(runs.statistic(config.statistic), null or [], config.alternative)
             kept = runs.signs[runs.keep].tolist()
             return t_test(kept, baseline, test, config.equal_var)
 
@@ -230,13 +255,14 @@ class TCAV(ck.Method):
                     c_idx, r_idx, disjoint = plan.draw(rng, np.arange(n_pool))
                     c_rows = rows(concept_texts[ci], site)
                     runs = ex.fit_runs(c_rows[torch.from_numpy(c_idx)], pool_rows[torch.from_numpy(r_idx)], G, recipe, seed=config.seed)
-                    null: list[tuple[float, float]] | None = None
+                    null: list[tuple[float, ...]] | None = None
                     baseline_scores: list[float] | None = None
                     random_side = {"n_dropped": 0, "n_cavs": 0, "mean": float("nan"), "std": float("nan")}
-                    untestable = len(targets) < 2 or runs.n_dropped > m / 4
+                    untestable = len(targets) < 2 or runs.gated(GATE)
                     if test == "monte_carlo" and not untestable:
-                        null, means, dropped, total = ex.replays(plan.replay, pool_rows, pool_rows, G, recipe, config.n_null, seed=config.seed + 101 * ci)
-                        random_side = {"n_dropped": dropped, "n_cavs": total, "mean": float(np.mean(means)), "std": float(np.std(means))}
+                        rep = ex.replays(plan.replay, pool_rows, pool_rows, G, recipe, config.n_null, seed=config.seed + 101 * ci,
+                                         statistic=config.statistic, gate=GATE)
+                        null, random_side = rep.stats, _null_side(rep)
                     elif test == "two_sample_random":
                         # TF's baseline: the first random set against the others (drawn afresh, outside it, when sets overlap).
                         anchor = r_idx[0]
@@ -260,7 +286,7 @@ class TCAV(ck.Method):
                 for ci, c in enumerate(concept_sets):
                     if pairwise and ci == 1:
                         first = per_site_cavs[concept_sets[0].name]
-                        runs = ex.Runs(-first.directions, first.accuracy, *batch_scores(G, -first.directions, recipe.count_negative), first.keep)
+                        runs = ex.Runs(-first.directions, first.accuracy, *batch_scores(G, -first.directions, recipe.count_negative), first.keep, -first.cosines)
                         prev = result.rows[-1]
                         mirrored = TestOutcome(
                             prev.p_value, {"above": "below", "below": "above"}.get(prev.direction, ""),
@@ -283,9 +309,10 @@ class TCAV(ck.Method):
                     runs = ex.fit_runs(both[torch.from_numpy(p_idx)], both[torch.from_numpy(n_idx)], G, recipe, seed=config.seed)
                     null = None
                     random_side = {"n_dropped": 0, "n_cavs": 0, "mean": float("nan"), "std": float("nan")}
-                    if test == "monte_carlo" and not (len(targets) < 2 or runs.n_dropped > m / 4):
-                        null, means, dropped, total = ex.replays(plan_r.replay, both, both, G, recipe, config.n_null, seed=config.seed + 101 * ci)
-                        random_side = {"n_dropped": dropped, "n_cavs": total, "mean": float(np.mean(means)), "std": float(np.std(means))}
+                    if test == "monte_carlo" and not (len(targets) < 2 or runs.gated(GATE)):
+                        rep = ex.replays(plan_r.replay, both, both, G, recipe, config.n_null, seed=config.seed + 101 * ci,
+                                         statistic=config.statistic, gate=GATE)
+                        null, random_side = rep.stats, _null_side(rep)
                     outcome = outcome_for(runs, null, None)
                     result.rows.append(self._row(c.name, site, runs, G, outcome, threshold, config, c.fingerprint, random_side))
                     per_site_cavs[c.name] = runs
@@ -323,7 +350,9 @@ class TCAV(ck.Method):
         from conceptkit_tcav.result import TCAVRow
         from conceptkit_tcav.scores import directional_derivatives, run_scores
 
-        keep = runs.keep if bool(runs.keep.any()) else runs.keep | True
+        # Monte Carlo: the score is over all runs, as the test statistic (the filter only gates);
+        # the t-test options score the CAVs the filter kept (TF-style), all when none is kept.
+        keep = runs.keep if (config.test in ("two_sample_random", "one_sample_0.5") and bool(runs.keep.any())) else runs.keep | True
         per_run = [run_scores(directional_derivatives(G, v), count_negative=config.gradient_of == "loss") for v in runs.directions]
         kept = [s for s, k in zip(per_run, keep.tolist()) if k]
         signs = [s.sign for s in kept]
@@ -345,7 +374,8 @@ class TCAV(ck.Method):
             magnitude_ratio=sum(s.magnitude_ratio for s in kept) / len(kept),
             cav_accuracy=float(runs.accuracy.mean()),
             cav_accuracy_min=float(runs.accuracy.min()),
-            low_quality=runs.n_dropped > config.n_random / 4,
+            low_quality=runs.gated(GATE),
+            cosine_mean=float(runs.cosines.mean()),
             n_chance_cavs=runs.n_dropped,
             n_runs=len(per_run),
             scores=signs,

@@ -14,7 +14,7 @@ from conceptkit.api import RecordDraft
 class TCAVRow(pydantic.BaseModel):
     concept: str
     site: str
-    mean: float  # mean sign score over the kept CAVs
+    mean: float  # mean sign score (all CAVs under monte_carlo; the kept ones under the t-test options)
     std: float
     p_value: float  # NaN when no test was possible (see test_note)
     significant: bool
@@ -25,10 +25,11 @@ class TCAVRow(pydantic.BaseModel):
     p_less: float = float("nan")
     magnitude_mean: float
     magnitude_ratio: float
+    cosine_mean: float = float("nan")  # mean cos(gradient, CAV): the default Monte Carlo statistic
     cav_accuracy: float  # mean held-out accuracy over runs
     cav_accuracy_min: float
     low_quality: bool  # more than a quarter of the CAVs at chance: not tested
-    n_chance_cavs: int = 0  # concept CAVs below min_cav_accuracy, left out of the score
+    n_chance_cavs: int = 0  # concept CAVs below min_cav_accuracy (more than a quarter: not tested)
     n_runs: int = 0
     scores: list[float]
     baseline: bool = False  # kept for old records; no baseline rows are produced now
@@ -59,7 +60,7 @@ class TCAVResult(ck.Result):
         head = f"TCAV on {self.n_targets} target inputs, {c.get('n_random')} runs, probe {c.get('probe')}, gradient of {c.get('gradient_of')} (counting {c.get('counted_sign')})"
         if test == "monte_carlo":
             how = (f"test: monte_carlo, {c.get('n_null')} replays with " + ("label-permuted concepts" if relative else "pseudo-concepts drawn from the pool")
-                   + f", alternative {c.get('alternative')}, alpha {c.get('alpha')} (calibrated)")
+                   + f", alternative {c.get('alternative')}, alpha {c.get('alpha')} (calibrated); statistic {c.get('statistic', '')}")
         else:
             how = f"test: {test}, alpha {c.get('threshold'):.3g} -- ANTICONSERVATIVE: {c.get('test_note')}"
         lines = [head, how]
@@ -83,10 +84,15 @@ class TCAVResult(ck.Result):
             if not r.tested:
                 lines.append(f"{'':<22} not tested: {r.test_note}")
         lines.append("dropped c/r: CAVs below min_cav_accuracy on the concept side / on the " + ("null (permuted) side" if relative else "random side (replays or baseline)")
-                     + f"; both sides use the same rule ({c.get('min_cav_accuracy')})")
+                     + f"; the same rule ({c.get('min_cav_accuracy')}) on both sides: {c.get('quality_gate', '')}")
         if test == "monte_carlo" and not relative:
             lines.append("random side: pseudo-concepts from the pool scored "
                          + ", ".join(f"{r.random_side.get('mean', float('nan')):.3f} ± {r.random_side.get('std', float('nan')):.3f} ({r.concept})" for r in self.rows if r.random_side and r.tested))
+            lines.append("cos(gradient, CAV): concept vs pseudo-concepts "
+                         + ", ".join(f"{r.cosine_mean:+.4f} vs {r.random_side.get('statistic_mean', float('nan')):+.4f} ± {r.random_side.get('statistic_std', float('nan')):.4f} ({r.concept})"
+                                     for r in self.rows if r.random_side and r.tested) if c.get("statistic", "").startswith("cosine") else
+                         "replays' quality gate: " + ", ".join(f"{r.random_side.get('n_gated', 0)}/{r.random_side.get('n_replays', 0)} would not be tested ({r.concept})"
+                                                               for r in self.rows if r.random_side and r.tested))
         for name, t in self.tgcav.items():
             lines.append(f"GCAV/TGCAV for {name} (CAVs of all runs scored at every site; TGCAV: one fused global CAV per run, decoded per layer):")
             lines.append(f"  {'site':<26} {'TCAV':>6} {'TGCAV':>6}")

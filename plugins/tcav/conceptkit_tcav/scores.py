@@ -57,19 +57,40 @@ def batch_scores(G: torch.Tensor, directions: torch.Tensor, count_negative: bool
     return counted.double().mean(0), S.mean(0)
 
 
-def kept_statistic(signs: torch.Tensor, magnitudes: torch.Tensor, keep: torch.Tensor) -> tuple[float, float]:
-    """The test statistic of one experiment: mean sign score and mean magnitude over the CAVs kept
-    by the quality filter (all CAVs when none is kept, so every replay has a value)."""
-    mask = keep if bool(keep.any()) else torch.ones_like(keep)
-    return round(float(signs[mask].mean()), 12), float(magnitudes[mask].mean())
+def batch_cosines(G: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Mean over targets of ``cos(g_k, v)`` for many CAVs: the directional derivative normalised by
+    both lengths, ``G [N, d]``, ``directions [P, d]`` -> ``[P]``. The sign score is the fraction of
+    these cosines above 0; unlike it, their mean does not saturate when all gradients point alike."""
+    G = G.double()
+    V = directions.double()
+    cos = (G @ V.T) / (G.norm(dim=1, keepdim=True).clamp_min(1e-300) * V.norm(dim=1).clamp_min(1e-300))
+    return cos.mean(0)
+
+
+#: the Monte Carlo test's statistic of one experiment, by name (see :func:`experiment_statistic`)
+STATISTICS = ("cosine", "score")
+
+
+def experiment_statistic(kind: str, signs: torch.Tensor, magnitudes: torch.Tensor, cosines: torch.Tensor) -> tuple[float, ...]:
+    """The test statistic of one experiment over **all** its CAVs (the quality filter decides
+    whether a concept is tested, never which of its CAVs count, so the concept and every replay
+    are summarised by the same function).
+
+    ``cosine``: the mean over runs and targets of ``cos(gradient, CAV)``, continuous and scale-free.
+    ``score``: the mean TCAV sign score, ties broken by the mean directional derivative
+    (lexicographic); it saturates when the targets' gradients point alike (a mean score of 1.0
+    is then reached by a fair share of random directions)."""
+    if kind == "cosine":
+        return (float(cosines.mean()),)
+    if kind == "score":
+        return round(float(signs.mean()), 12), float(magnitudes.mean())
+    raise ValueError(f"unknown statistic {kind!r}: use one of {STATISTICS}")
 
 
 def monte_carlo_p(observed: tuple[float, float], null: list[tuple[float, float]], alternative: str = "auto") -> TestOutcome:
     """Monte Carlo p-value of ``observed`` among ``null`` replays of the whole experiment.
 
-    The statistic is ordered lexicographically: mean TCAV score first, mean directional
-    derivative (``magnitude_mean``, unit CAVs) to break ties, so a score of 1.00 that random
-    sets also reach can still be told apart by how strongly the output responds. With ``B``
+    Statistics are tuples compared lexicographically (see :func:`experiment_statistic`). With ``B``
     replays, ``p = (1 + #{replays at least as extreme}) / (B + 1)`` (never 0; exact for
     exchangeable replays). ``alternative``: ``greater`` / ``less`` test one side;
     ``auto`` reports the side the data fall on and doubles the smaller one-sided p (two one-sided
