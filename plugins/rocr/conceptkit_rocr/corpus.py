@@ -1,69 +1,57 @@
-"""Preserved text for the key statistics, read offline and deterministically.
+"""Preserved text for the key statistics: the core's offline corpus, read deterministically.
 
-The reference streams 100,000 Wikipedia texts; nothing is downloaded here. The default corpus is
-the project's shipped concept example sets plus English prose paragraphs from the long
-descriptions (README text) of the distributions installed in this environment, in sorted order.
-# TODO(public-surface): switch to the core's offline corpus (conceptkit.sae corpus) once it lands.
-User texts are appended. The fingerprint of the exact list goes into provenance and the cache key.
+The reference streams 100,000 Wikipedia texts; nothing is downloaded here. The default is the
+project's offline English corpus (``conceptkit.sae.corpus``, the one the embedded SAE is trained
+on: Python's reference documentation, standard-library and installed packages' docstrings,
+package READMEs and conceptkit's concept-set sentences), its ``train`` split only. Its documents
+are split into paragraphs and taken round-robin over the corpus's sources (so that the many
+package docstrings do not crowd out the prose), each paragraph cut to ``max_chars_per_text``,
+until ``budget_chars`` characters. User texts are appended. The fingerprint of the exact list
+goes into provenance and the cache key; the corpus itself depends on the installation (the core
+records its own fingerprint), so a changed environment recomputes the statistics.
 """
 
 from __future__ import annotations
 
-import re
-from importlib import metadata
+from itertools import zip_longest
 
-from conceptkit.api import fingerprint
+import conceptkit as ck
+from conceptkit.api import InputError, fingerprint
 
-_WORD = re.compile(r"[A-Za-z][a-z]+")
-
-
-def _prose(paragraph: str) -> str | None:
-    """A paragraph that reads as English prose (few symbols, mostly words), else None."""
-    text = " ".join(paragraph.split())
-    if not 80 <= len(text) <= 1200 or text.startswith(("#", "|", "-", "*", ">", "=", ".. ", "[", "!", "`", "<", "{")):
-        return None
-    letters = sum(c.isalpha() or c == " " for c in text) / len(text)
-    words = _WORD.findall(text)
-    if letters < 0.9 or len(words) < 12 or "://" in text or "`" in text or "::" in text:
-        return None
-    return text
+DEFAULT_BUDGET_CHARS = 160_000  # about 40,000 SmolLM2 tokens
+MAX_CHARS_PER_TEXT = 1_200
 
 
-def package_prose(limit: int | None = None) -> list[str]:
-    """Prose paragraphs from installed distributions' long descriptions (sorted by name)."""
-    dists = {}
-    for dist in metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower()
-        if name and name not in dists:
-            dists[name] = dist
-    out: list[str] = []
-    seen: set[str] = set()
-    for name in sorted(dists):
-        body = dists[name].metadata.get_payload() or dists[name].metadata.get("Description") or ""
-        for para in re.split(r"\n\s*\n", str(body)):
-            text = _prose(para)
-            if text and text not in seen:
-                seen.add(text)
-                out.append(text)
-                if limit is not None and len(out) >= limit:
-                    return out
+def core_paragraphs(max_chars_per_text: int = MAX_CHARS_PER_TEXT) -> list[str]:
+    """Paragraphs of the core corpus's train split, interleaved round-robin over its sources."""
+    corpus = ck.sae.corpus.build()
+    by_source: dict[str, list[str]] = {}
+    for doc in corpus.split("train"):
+        for par in doc.text.split("\n\n"):
+            par = " ".join(par.split())
+            if par:
+                by_source.setdefault(doc.source, []).append(par[:max_chars_per_text])
+    lists = [by_source[s] for s in corpus.sources if s in by_source]
+    return [p for group in zip_longest(*lists) for p in group if p is not None]
+
+
+def default_corpus(budget_chars: int = DEFAULT_BUDGET_CHARS) -> list[str]:
+    """The first paragraphs of :func:`core_paragraphs` up to ``budget_chars`` characters."""
+    out, total = [], 0
+    for par in core_paragraphs():
+        if total >= budget_chars:
+            break
+        out.append(par)
+        total += len(par)
     return out
 
 
-def concept_texts() -> list[str]:
-    """Every example of the project's shipped concept sets, in name order."""
-    from conceptkit import concepts  # TODO(public-surface)
-
-    return [ex for name in concepts.names() for ex in concepts.load(name).examples]
-
-
-def default_corpus(n_prose: int | None = 600) -> list[str]:
-    """Concept texts followed by up to ``n_prose`` prose paragraphs."""
-    return concept_texts() + package_prose(n_prose)
-
-
-def preserved_texts(user_texts: list[str] | None = None, corpus: str = "default", n_prose: int | None = 600) -> tuple[list[str], str]:
+def preserved_texts(user_texts: list[str] | None = None, corpus: str = "default", budget_chars: int = DEFAULT_BUDGET_CHARS) -> tuple[list[str], str]:
     """The preserved-text list and its fingerprint."""
-    texts = default_corpus(n_prose) if corpus == "default" else []
+    if corpus not in ("default", "none"):
+        raise InputError(f"stats_corpus must be 'default' or 'none', got {corpus!r}")
+    texts = default_corpus(budget_chars) if corpus == "default" else []
     texts = texts + list(user_texts or [])
+    if not texts:
+        raise InputError("no preserved text: stats_corpus='none' needs stats_texts")
     return texts, fingerprint(texts)

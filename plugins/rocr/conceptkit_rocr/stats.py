@@ -37,9 +37,26 @@ def key_site(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
-def second_moments(model: Any, texts: list[str], layers: list[int], *, batch_size: int = 16, chunk: int = 64) -> tuple[dict[int, torch.Tensor], int]:
-    """``{layer: Σ k kᵀ / N}`` (float64) over all real tokens of ``texts``, and ``N``."""
+def second_moments(
+    model: Any, texts: list[str], layers: list[int], *, batch_size: int = 16, chunk: int = 64, ray: bool | str | None = None
+) -> tuple[dict[int, torch.Tensor], int]:
+    """``{layer: Σ k kᵀ / N}`` (float64) over all real tokens of ``texts``, and ``N``.
+
+    Locally: one streamed pass that reads every layer at once (float32 products per chunk as the
+    reference's ``mom2_dtype``, float64 running sum). Over Ray (``ray`` as in
+    :func:`conceptkit.scale.dataset_moments`: ``True``/``"local"``, a cluster address, or ``None``
+    inside a ``use_ray`` block): the core's dataset-scale moments, one pass per layer, whose
+    ``second_moment`` is the same estimator (equal to the local one within float32 rounding).
+    """
+    from conceptkit.api import dataset_moments, ray_requested
+
     sites = {layer: key_site(layer) for layer in layers}
+    if ray_requested(ray):
+        out, count = {}, 0
+        for layer, site in sites.items():
+            m = dataset_moments(model, texts, site, "all", ray=ray, batch_size=batch_size)
+            out[layer], count = m.second_moment, m.n
+        return out, count
     sums: dict[int, torch.Tensor] = {}
     count = 0
     for start in range(0, len(texts), chunk):
@@ -99,6 +116,7 @@ def layer_stats(
     relative: float | None = None,
     store: Any = None,
     batch_size: int = 16,
+    ray: bool | str | None = None,
 ) -> dict[int, LayerStats]:
     """Projectors for ``layers``: from memory, else the store, else computed (and stored)."""
     out: dict[int, LayerStats] = {}
@@ -117,7 +135,7 @@ def layer_stats(
             missing.append(layer)
     if missing:
         t0 = time.perf_counter()
-        moments, n = second_moments(model, texts, missing, batch_size=batch_size)
+        moments, n = second_moments(model, texts, missing, batch_size=batch_size, ray=ray)
         for layer in missing:
             proj = nullspace_projector(moments[layer], threshold, relative)
             st = LayerStats(layer, proj, n, texts_fingerprint, time.perf_counter() - t0)
