@@ -11,18 +11,18 @@ Gradients come from the public model interface only: for a linear map ``y = x W`
 ``[in, out]`` layout, no bias term involved) the weight gradient is ``Σ_t x_tᵀ ∂L/∂y_t`` over the
 real tokens, so ``model.capture`` of the inputs (``ln2.hook_out``, ``mlp.hook_post``) and
 ``model.grad`` of the objective at the outputs (``mlp.hook_pre`` / ``hook_pre_linear`` /
-``hook_mlp_out``) give it exactly, one backward per output site. That costs one backward per
-(layer, role) instead of one per step, which is affordable for a few steps on one prompt.
+``hook_mlp_out``, recorded by a pass-through :class:`GradTap` intervention in one backward) give
+it exactly: one forward for the inputs and one forward and backward per step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from conceptkit.api import Handle, HandleGroup, InputError
+from conceptkit.api import Handle, HandleGroup, InputError, Intervention
 from conceptkit_rocr.scoring import score_answers
 from conceptkit_rocr.templates import pad_id, pad_right
 
@@ -68,16 +68,50 @@ def answer_nll_objective(rows: list[list[int]], n_prompt: list[int]):
     return objective
 
 
+class GradTap(Intervention):
+    """Leaves the site's activations as they are and records their gradient during a backward
+    pass (a tensor hook), so that one ``model.grad`` call yields ``∂L/∂y`` at every tapped site.
+
+    Process-local (the gradients go to an in-memory list keyed by ``tap``), so it is not
+    registered as a named op: it is passed to ``model.grad`` as an object.
+    """
+
+    op: Literal["rocr_grad_tap"] = "rocr_grad_tap"
+    tap: str
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            x.register_hook(lambda g, key=self.tap: _TAPS.setdefault(key, []).append(g.detach()))
+        return x
+
+
+_TAPS: dict[str, list[torch.Tensor]] = {}
+
+
 def mlp_weight_grads(model: Any, batch: dict[str, torch.Tensor], objective: Any, where: list[tuple[str, int]]) -> list[torch.Tensor]:
-    """``∂ objective.sum() / ∂W`` (TL ``[in, out]``) for each ``(role, layer)`` in ``where``."""
+    """``∂ objective.sum() / ∂W`` (TL ``[in, out]``) for each ``(role, layer)`` in ``where``.
+
+    One ``model.capture`` of the inputs and one ``model.grad`` (gradient leaf at the first block's
+    input, :class:`GradTap` at every output site) per call, so one forward and backward per step.
+    """
     gated = any(r == "gate" for r, _ in where)
     pairs = [_sites(model, role, layer, gated) for role, layer in where]
     inputs = model.capture(batch, list(dict.fromkeys(i for i, _ in pairs)), reduce="all")
-    grads = []
-    for (site_in, site_out) in pairs:
-        g = model.grad(batch, site_out, objective, reduce="all")  # [n_tokens, out]
-        grads.append(inputs[site_in].double().T @ g.double())
-    return grads
+    outputs = list(dict.fromkeys(o for _, o in pairs))
+    keys = {o: f"{id(batch)}:{o}" for o in outputs}
+    try:
+        model.grad(batch, "blocks.0.hook_resid_pre", objective, reduce="last", interventions=[GradTap(site=o, tap=keys[o]) for o in outputs])
+        real = batch["attention_mask"].bool()
+        out_grads = {}
+        for o in outputs:
+            taps = _TAPS.get(keys[o], [])
+            if len(taps) != 1:
+                raise InputError(f"expected one gradient at {o!r}, got {len(taps)}")
+            out_grads[o] = taps[0][real.to(taps[0].device)].double().cpu()  # [n_tokens, out], real tokens in order
+    finally:
+        for k in keys.values():
+            _TAPS.pop(k, None)
+    return [inputs[site_in].double().T @ out_grads[site_out] for site_in, site_out in pairs]
 
 
 def gradient_ascent(model: Any, items: list[tuple[str, str]], *, lr: float = 2e-5, steps: int = 5) -> "GAEdit":
