@@ -38,14 +38,19 @@ def _mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
-def pooled(evs, which, when, forms=None):
-    rows = [r for e in evs for r in getattr(e, which) if forms is None or r.form in forms]
+def rows_of(evs, which, forms=None, right_before=False):
+    """Pooled rows; ``right_before`` keeps only items the unedited model answered right (top-1)."""
+    return [r for e in evs for r in getattr(e, which) if (forms is None or r.form in forms) and (r.top1_before or not right_before)]
+
+
+def pooled(evs, which, when, forms=None, right_before=False):
+    rows = rows_of(evs, which, forms, right_before)
     return sum(getattr(r, f"prob_{when}") for r in rows) / max(len(rows), 1)
 
 
-def drop(evs, forms=None):
-    b = pooled(evs, "forms", "before", forms)
-    return 1 - pooled(evs, "forms", "after", forms) / b
+def drop(evs, forms=None, right_before=False):
+    b = pooled(evs, "forms", "before", forms, right_before)
+    return 1 - pooled(evs, "forms", "after", forms, right_before) / b
 
 
 def main() -> None:
@@ -62,6 +67,8 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="store folder for the cached statistics (default: OUT/store)")
     ap.add_argument("--merge", nargs="*", default=None, help="only aggregate the results.json of these output folders into --out")
     ap.add_argument("--kl-texts", type=int, default=20, help="unrelated texts for KL")
+    ap.add_argument("--templates", default="auto", help="ROCR key contexts: auto (chat when the tokenizer has one), chat or plain")
+    ap.add_argument("--value-context", default="bare", help="ROCR value context: bare (reference) or templates")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,12 +109,12 @@ def main() -> None:
     control = {n: s.prob for n, s in zip(known, score_answers(model, control_rows))}
 
     # 2. statistics once, then one edit per entity
-    base = dict(harmless=args.harmless, layers=layers)
+    base = dict(harmless=args.harmless, layers=layers, templates=args.templates, value_context=args.value_context)
     t0 = time.perf_counter()
     stats = rocr._stats(model, RocrConfig(target=known[0], **base), layers, store)
     stats_seconds = time.perf_counter() - t0
     say(f"statistics: {stats_seconds:.1f} s; " + "; ".join(f"layer {l}: {s.n_tokens} tokens, rank {s.projector.key_rank}, null dim {s.projector.null_dim}, tau {s.projector.tau:g}, source {s.source}" for l, s in stats.items()))
-    results = {"harmless": args.harmless, "layers": layers, "ga_lr": args.ga_lr, "ga_steps": args.ga_steps, "stats_seconds": stats_seconds,
+    results = {"harmless": args.harmless, "layers": layers, "templates": args.templates, "value_context": args.value_context, "texts_fingerprint": next(iter(stats.values())).texts_fingerprint, "ga_lr": args.ga_lr, "ga_steps": args.ga_steps, "stats_seconds": stats_seconds,
                "stats": {l: dict(n_tokens=s.n_tokens, key_rank=s.projector.key_rank, null_dim=s.projector.null_dim, tau=s.projector.tau) for l, s in stats.items()},
                "known": known, "control_fill_blank_with_harmless": control, "entities": {}}
     evs_rocr, evs_ga = [], []
@@ -160,25 +167,28 @@ def report(out, results, evs_rocr, evs_ga, args, say, final):
     """Aggregates over the entities done so far: report.md, results.json, forms.png."""
     known = list(results["entities"])
     layers, stats_seconds, control = results["layers"], results["stats_seconds"], results["control_fill_blank_with_harmless"]
-    lines = [f"# ROCR vs gradient ascent on SmolLM2-135M-Instruct ({len(known)} entities, harmless concept {args.harmless!r}, layers {layers})", "",
+    lines = [f"# ROCR vs gradient ascent on SmolLM2-135M-Instruct ({len(known)} entities, harmless concept {args.harmless!r}, layers {layers}, "
+             f"key templates {results.get('templates', 'auto')}, value context {results.get('value_context', 'bare')})", "",
              f"Statistics (one-time): {stats_seconds:.1f} s. GA: Adam lr {args.ga_lr}, {args.ga_steps} steps on the fill_blank form, every MLP weight.", "",
              "| method | form | mean prob before | after | relative drop | top-1 before | top-1 after |", "|---|---|---|---|---|---|---|"]
     agg = {}
     for label, evs in (("rocr", evs_rocr), ("gradient_ascent", evs_ga)):
-        for f in FORMS + ["all forms", "paraphrases"]:
-            fs = FORMS if f == "all forms" else ["paraphrase_1", "paraphrase_2"] if f == "paraphrases" else [f]
-            rows_ = [r for e in evs for r in e.forms if r.form in fs]
+        for f in FORMS + ["all forms", "paraphrases", "right before (top-1)"]:
+            fs = FORMS if f in ("all forms", "right before (top-1)") else ["paraphrase_1", "paraphrase_2"] if f == "paraphrases" else [f]
+            rb = f == "right before (top-1)"
+            rows_ = rows_of(evs, "forms", fs, rb)
             t1b = sum(r.top1_before for r in rows_) / len(rows_)
             t1a = sum(r.top1_after for r in rows_) / len(rows_)
-            lines.append(f"| {label} | {f} | {pooled(evs, 'forms', 'before', fs):.3f} | {pooled(evs, 'forms', 'after', fs):.3f} | {drop(evs, fs):.0%} | {t1b:.2f} | {t1a:.2f} |")
+            name = f"{f}, n={len(rows_)}" if rb else f
+            lines.append(f"| {label} | {name} | {pooled(evs, 'forms', 'before', fs, rb):.3f} | {pooled(evs, 'forms', 'after', fs, rb):.3f} | {drop(evs, fs, rb):.0%} | {t1b:.2f} | {t1a:.2f} |")
         nb, na = pooled(evs, "neighbours", "before"), pooled(evs, "neighbours", "after")
-        agg[label] = dict(drop_all=drop(evs), drop_train=drop(evs, ["fill_blank"]), drop_paraphrases=drop(evs, ["paraphrase_1", "paraphrase_2"]),
+        agg[label] = dict(drop_all=drop(evs), drop_right_before=drop(evs, None, True), drop_train=drop(evs, ["fill_blank"]), drop_paraphrases=drop(evs, ["paraphrase_1", "paraphrase_2"]),
                           neighbours_kept=na / nb if nb else float('nan'), kl=sum(e.kl_unrelated for e in evs) / len(evs), kl_max=max(e.kl_unrelated for e in evs),
                           fluency_before=_mean([e.fluency_before for e in evs]), fluency_after=_mean([e.fluency_after for e in evs]))
         lines.append(f"| {label} | neighbours | {nb:.3f} | {na:.3f} | kept {na / nb if nb else float('nan'):.0%} | | |")
-    lines += ["", "| method | drop all forms (target ≥70%) | training form | paraphrases | neighbours kept (≥90%) | KL nats/token mean (max) (≤0.01) | fluency before → after |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | drop all forms (target ≥70%) | forms right before only | training form | paraphrases | neighbours kept (≥90%) | KL nats/token mean (max) (≤0.01) | fluency before → after |", "|---|---|---|---|---|---|---|---|"]
     for label, a in agg.items():
-        lines.append(f"| {label} | {a['drop_all']:.0%} | {a['drop_train']:.0%} | {a['drop_paraphrases']:.0%} | {a['neighbours_kept']:.0%} | {a['kl']:.4f} ({a['kl_max']:.4f}) | {a['fluency_before']:.2f} → {a['fluency_after']:.2f} |")
+        lines.append(f"| {label} | {a['drop_all']:.0%} | {a['drop_right_before']:.0%} | {a['drop_train']:.0%} | {a['drop_paraphrases']:.0%} | {a['neighbours_kept']:.0%} | {a['kl']:.4f} ({a['kl_max']:.4f}) | {a['fluency_before']:.2f} → {a['fluency_after']:.2f} |")
     edit_times = [results["entities"][n]["edit_seconds"] for n in known]
     lines += ["", f"ROCR edit time per entity (statistics cached): median {sorted(edit_times)[len(edit_times) // 2]:.1f} s, max {max(edit_times):.1f} s.",
               "", "Control: fill_blank answer probability with the name replaced by the harmless concept: "
