@@ -131,8 +131,9 @@ def markdown(out: dict) -> str:
     ]
     for label, title in [("first", "Default test (monte_carlo, statistic cosine)"), ("score_statistic", "Same data, statistic score (sign score, ties by magnitude)")]:
         run = out["runs"][label]
-        lines += [f"## {title}", "", run["conventions"].get("statistic", ""), "",
-                  "| concept | score | direction | p | sig | mean cos(grad, CAV) | null cos (mean ± sd) | CAV acc | dropped concept | dropped random | replays gated |",
+        lines += [f"## {title}", "", run["conventions"].get("statistic", "") + ". 'null statistic': the replays' value of this "
+                  "statistic (mean cosine, or mean sign score).", "",
+                  "| concept | score | direction | p | sig | mean cos(grad, CAV) | null statistic (mean ± sd) | CAV acc | dropped concept | dropped random | replays gated |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in run["table"]:
             nc = r["null_statistic"]

@@ -55,6 +55,20 @@ def test_fuse_none_with_autoencoders_scores_the_reconstructed_cavs():
         assert out.reconstructed[layer].shape == cavs[layer].shape
 
 
+def test_separation_accuracy_is_the_midpoint_rule_and_straight_through():
+    """The fusion's non-degeneracy check: the fraction of concept and random activations on the
+    right side of the midpoint of the class means; the soft version has that value forward and a gradient."""
+    pos = torch.tensor([[2.0, 0.0], [3.0, 0.0]])
+    neg = torch.tensor([[0.0, 0.0], [-1.0, 0.0], [2.6, 0.0]])
+    dirs = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    hard = gcav.separation_accuracy(pos, neg, dirs)
+    assert hard.tolist() == pytest.approx([0.8, 0.0])  # e2 projects everything to 0: no one on the right side
+    soft = gcav.separation_accuracy(pos, neg, dirs, soft_scale=4.0)
+    assert torch.equal(soft.detach(), hard.detach())
+    soft[0].backward()
+    assert bool((dirs.grad != 0).any())
+
+
 def test_info_nce_with_one_negative_equal_to_the_positive_is_log_2():
     """InfoNCE with a single negative identical to the positive is log 2 (spec 11.5.5)."""
     za = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
@@ -75,15 +89,18 @@ def test_straight_through_score_equals_the_hard_score_and_has_a_gradient():
 def test_tgcav_is_more_stable_across_layers_on_the_synthetic_stack():
     """Over 5 seeds of the 4-layer stack (15 examples per set): TGCAV's Std and CV across layers are
     <= TCAV's in the majority of seeds and its mean stays within 0.15 of TCAV's in the majority."""
-    std_wins = cv_wins = close = 0
+    std_wins = cv_wins = close = separating = 0
     for seed in range(5):
         model, config = stack_model(seed)
         result = ck.method("tcav").run(model, dict(config, tgcav={}))
-        s = result.tgcav["shifted"]["statistics"]
+        t = result.tgcav["shifted"]
+        s = t["statistics"]
         std_wins += s["tgcav"]["std"] <= s["tcav"]["std"]
         cv_wins += s["tgcav"]["cv"] <= s["tcav"]["cv"]
         close += abs(s["tgcav"]["mean"] - s["tcav"]["mean"]) <= 0.15
-    assert std_wins >= 3 and cv_wins >= 3 and close >= 3
+        # the non-degeneracy term: the decoded global CAV separates the concept as well as each layer's CAVs
+        separating += all(g >= c - 0.02 for c, g in zip(t["accuracy_tcav"], t["accuracy_tgcav"]))
+    assert std_wins >= 3 and cv_wins >= 3 and close >= 3 and separating >= 4
     assert "TGCAV  across layers" in result.summary()
 
 

@@ -6,6 +6,7 @@ captures of the concept sets at layer 18."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -40,24 +41,62 @@ def test_relative_tcav_positive_vs_negative_sentiment(model):
     assert other.same_test_as == "positive_sentiment" and other.p_value == row.p_value and other.mean < 0.5
 
 
-@pytest.mark.skipif(not os.environ.get("CONCEPTKIT_TCAV_FULL"), reason=(
-    "captures the whole neutral pool (800 sentences) and runs 3 x 200 replays: ~13 min on a loaded 2-core machine; "
-    "set CONCEPTKIT_TCAV_FULL=1 to run"))
-@pytest.mark.xfail(strict=False, reason=(
-    "measured, not met: at layer 18 with the shipped sets (templated) the default test gave positive_sentiment "
-    "0.962 p=0.149 (not significant: ~7% of random pseudo-concepts reach a mean score >= 0.96, the sign score "
-    "saturates) and topic_food 1.000 p=0.00995 (significant); topic_sport 0.070 'below random' p=0.36"))
-def test_concept_vs_random_sentiment_significant_topics_not(model):
-    """Plain TCAV against random sets of neutral sentences at the demo's layer: positive sentiment is
-    significant above random at 0.05 and the neutral topic sets are not (issue 13's acceptance claim)."""
+FULL = pytest.mark.skipif(not os.environ.get("CONCEPTKIT_TCAV_FULL"), reason=(
+    "captures the whole neutral pool (800 sentences) and runs 6 x 200 replays: 991 s on an empty cache, 66 s on a filled one, "
+    "on a loaded 2-core machine; set CONCEPTKIT_TCAV_FULL=1 to run (measured table: plugins/tcav/results/smollm2.md)"))
+NEUTRAL_DATA = Path(__file__).parent / "data"
+
+
+def _neutral(name: str) -> dict:
+    lines = (NEUTRAL_DATA / f"{name}.txt").read_text().splitlines()
+    return {"name": name, "examples": [x for x in lines if x.strip() and not x.startswith("#")]}
+
+
+@pytest.fixture(scope="module")
+def concept_vs_random(model):
+    """One default run at the demo's layer over the shipped sentiment and topic sets and the
+    plugin's sentiment-neutral topic sets (the concepts share the pool's captures)."""
     result = ck.method("tcav").run(model, {
-        "concepts": ["positive_sentiment", "topic_food", "topic_sport"], "targets": TARGETS,
-        "target_template": TEMPLATE, "objective": OBJECTIVE, "sites": [SITE],
+        "concepts": ["positive_sentiment", "negative_sentiment", "topic_food", "topic_sport",
+                     _neutral("topic_food_neutral"), _neutral("topic_sport_neutral")],
+        "targets": TARGETS, "target_template": TEMPLATE, "objective": OBJECTIVE, "sites": [SITE],
     })
     print(result.summary())
-    assert result.row("positive_sentiment").cav_accuracy >= 0.85
-    assert result.row("positive_sentiment").significant and result.row("positive_sentiment").direction == "above"
-    assert not result.row("topic_food").significant and not result.row("topic_sport").significant
+    return result
+
+
+@FULL
+@pytest.mark.xfail(strict=False, reason=(
+    "measured, not met (results/smollm2.md): positive_sentiment 0.962, mean cos(gradient, CAV) +0.037 against "
+    "pseudo-concepts' -0.005 +- 0.031, p = 0.169 (the sentiment CAV at layer 18 is barely more aligned with the "
+    "objective's gradient than a noise direction); negative_sentiment is significant below random (p = 0.030)"))
+def test_positive_sentiment_is_significant_above_random(concept_vs_random):
+    """Issue 13's acceptance claim, first half: positive sentiment vs random sets at the demo's layer is
+    significant above random at 0.05 under the default test."""
+    row = concept_vs_random.row("positive_sentiment")
+    assert row.cav_accuracy >= 0.85 and row.significant and row.direction == "above"
+
+
+@FULL
+@pytest.mark.xfail(strict=False, reason=(
+    "measured, not met (results/smollm2.md): the shipped topic_food set is read as positive by the model (mean logit "
+    "difference +2.05 vs +0.31 for the neutral pool) and is significant above random (p = 0.00995); of the "
+    "sentiment-neutral control sets topic_food_neutral is not significant (p = 0.139) but topic_sport_neutral is, "
+    "below random (p = 0.0199): any coherent set is a systematic direction, and the test's null is 'examples like the pool'"))
+def test_neutral_topic_sets_are_not_significant(concept_vs_random):
+    """Issue 13's acceptance claim, second half: sentiment-neutral topic sets are not significant."""
+    for name in ("topic_food_neutral", "topic_sport_neutral"):
+        assert not concept_vs_random.row(name).significant, name
+
+
+@FULL
+def test_concept_vs_random_reports_direction_and_both_sides_quality(concept_vs_random):
+    """What holds and is asserted: every concept is tested (CAVs well above chance), each row says its
+    direction, p > 0, and the random side's quality counts are reported."""
+    for row in concept_vs_random.rows:
+        assert row.tested and row.cav_accuracy >= 0.9 and row.direction in ("above", "below") and row.p_value > 0
+        assert row.random_side["n_cavs"] == 200 * 10 and 0 <= row.random_side["n_gated"] <= 200
+    assert "cos(gradient, CAV)" in concept_vs_random.summary()
 
 
 def test_reference_probe_recipe_is_at_chance_and_the_default_is_not(model):
