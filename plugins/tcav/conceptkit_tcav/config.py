@@ -41,6 +41,12 @@ class TGCAVConfig(pydantic.BaseModel):
     fuse_epochs: int = pydantic.Field(30, ge=0)
     var_weight: float = pydantic.Field(3.0, ge=0, description="weight of the across-layer score variance in the fusion loss")
     sim_weight: float = pydantic.Field(1.0, ge=0, description="weight of the closeness to the per-layer CAVs in the fusion loss")
+    sep_weight: float = pydantic.Field(
+        3.0, ge=0,
+        description="non-degeneracy: weight of the shortfall of the decoded global CAV's concept-vs-random accuracy below "
+        "each layer's own CAV (0 = the reference's loss, which can settle on a direction that scores the same everywhere "
+        "and carries no concept)",
+    )
     tau: float = pydantic.Field(0.1, gt=0, description="InfoNCE temperature")
     seed: int = 0
 

@@ -37,6 +37,10 @@ class TGCAVOutput:
     tgcav_scores: torch.Tensor  # [L, N] scores of the decoded global CAVs
     reconstructed: list[torch.Tensor]  # per layer [N, d_l]: D_l(g_i)
     global_cavs: torch.Tensor  # [N, e]
+    #: per layer, mean over runs of the midpoint-rule accuracy separating concept from random
+    #: activations: of the layer's own CAVs and of the decoded global CAVs (None: no activations given)
+    accuracy_tcav: list[float] | None = None
+    accuracy_tgcav: list[float] | None = None
 
     def statistics(self) -> dict[str, dict[str, float]]:
         """Mean / Std / CV / RR of the per-layer mean scores, for TCAV and TGCAV."""
@@ -163,14 +167,39 @@ class Fusion(nn.Module):
         return X.mean(1) + self.out(self.block(X + self.pe).mean(1))
 
 
+def separation_accuracy(pos: torch.Tensor, neg: torch.Tensor, cavs: torch.Tensor, soft_scale: float = 0.0) -> torch.Tensor:
+    """How well each direction ``cavs [B, d]`` separates concept activations ``pos [n1, d]`` from
+    random ones ``neg [n0, d]``: the fraction on the right side of the midpoint between the two
+    class means of the projections ``[B]``. With ``soft_scale > 0`` the value is straight-through:
+    the hard fraction forward, the gradient of ``sigmoid(soft_scale · margin / pooled sd)``."""
+    c = F.normalize(cavs, dim=-1)
+    pp, pn = pos @ c.T, neg @ c.T  # [n1, B], [n0, B]
+    mid = (pp.mean(0) + pn.mean(0)) / 2
+    margins = torch.cat([pp - mid, mid - pn])  # positive when on the right side
+    hard = (margins > 0).to(margins.dtype).mean(0)
+    if soft_scale <= 0:
+        return hard
+    sd = torch.cat([pp - pp.mean(0), pn - pn.mean(0)]).pow(2).mean(0).sqrt().clamp_min(1e-12)
+    soft = torch.sigmoid(soft_scale * margins / sd).mean(0)
+    return hard + (soft - soft.detach())
+
+
 def fuse(
     X: torch.Tensor, coders: list[Any], grads: list[torch.Tensor], *, count_negative: bool, epochs: int,
-    var_weight: float, sim_weight: float, seed: int,
+    var_weight: float, sim_weight: float, seed: int, separation: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    sep_weight: float = 0.0,
 ) -> torch.Tensor:
     """Train :class:`Fusion` on runs ``X [N, L, e]`` with ``var_weight · Var_l(TCAV_l) +
     sim_weight · mean_l (1 - cos(D_l(X_l), D_l(g)))``; ``TCAV_l`` is the straight-through sign
     score ``hard + (soft - soft.detach())`` with ``soft = sigmoid(±T cos(γ, D_l(g)))`` and ``T``
-    growing x1.2 per loss call up to 1000 (as the reference). Adam 5e-4, batch 4."""
+    growing x1.2 per loss call up to 1000 (as the reference). Adam 5e-4, batch 4.
+
+    Non-degeneracy (not in the reference; ``sep_weight > 0`` with ``separation`` = per-layer
+    (concept, random) activations): ``+ sep_weight · mean_l relu(acc_l(X_l) - acc_l(D_l(g)))``, so
+    the decoded global CAV must separate the concept from random examples at every layer as well
+    as that run's own layer CAV does. Without it the variance term is minimised by any direction
+    whose scores are equal across layers, e.g. one that scores 0 everywhere and carries no concept
+    (seen on SmolLM2). The term is 0 whenever the constraint holds, so it changes nothing then."""
     N, L, e = X.shape
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -180,6 +209,11 @@ def fuse(
     unit_grads = [F.normalize(G.float(), dim=-1) for G in grads]
     with torch.no_grad():
         targets = [coders[l].decode(X[:, l]) for l in range(L)]
+    use_sep = separation is not None and sep_weight > 0
+    if use_sep:
+        sep = [(p.float(), n.float()) for p, n in separation]  # type: ignore[union-attr]
+        with torch.no_grad():
+            ref = [separation_accuracy(*sep[l], targets[l].float()) for l in range(L)]  # [N] per layer
     T = 1.0
     for _ in range(epochs):
         for idx in torch.randperm(N, generator=g).split(4):
@@ -194,6 +228,9 @@ def fuse(
                 sim = sim + (1 - F.cosine_similarity(targets[l][idx], c_hat, dim=-1)).mean()
             per_layer = torch.stack(scores)  # [L, B]
             loss = var_weight * per_layer.var(0, unbiased=True).mean() + sim_weight * sim / L
+            if use_sep:
+                shortfall = sum(F.relu(ref[l][idx] - separation_accuracy(*sep[l], coders[l].decode(out), soft_scale=4.0)).mean() for l in range(L))
+                loss = loss + sep_weight * shortfall / L
             T = min(T * 1.2, 1000.0)
             opt.zero_grad()
             loss.backward()
@@ -208,6 +245,7 @@ def tgcav(
     dim_align: str = "identity", do_align: bool = True, fuse_mode: str = "attention", embed_dim: int = 256,
     align_epochs: int = 200, fuse_epochs: int = 30, var_weight: float = 3.0, sim_weight: float = 1.0,
     tau: float = 0.1, seed: int = 0, count_negative: bool = False,
+    separation: list[tuple[torch.Tensor, torch.Tensor]] | None = None, sep_weight: float = 0.0,
 ) -> TGCAVOutput:
     """GCAV + TGCAV for one concept: per-layer CAVs ``cavs[l] [N, d_l]`` (run ``i`` at every layer
     uses the same random set), random-random CAVs ``random_cavs[l] [M, d_l]`` (InfoNCE negatives;
@@ -244,9 +282,14 @@ def tgcav(
             glob = X.mean(1)
         else:
             glob = fuse(X, coders, grads, count_negative=count_negative, epochs=fuse_epochs, var_weight=var_weight,
-                        sim_weight=sim_weight, seed=seed)
+                        sim_weight=sim_weight, seed=seed, separation=separation, sep_weight=sep_weight)
         with torch.no_grad():
             rec = [coders[l].decode(glob).double() for l in range(L)]
     with torch.no_grad():
         tgcav_scores = torch.stack([sign_scores(grads[l], rec[l], count_negative) for l in range(L)])
-    return TGCAVOutput(tcav_scores, tgcav_scores, rec, glob.detach())
+    acc_t = acc_g = None
+    if separation is not None:
+        with torch.no_grad():
+            acc_t = [float(separation_accuracy(p.double(), n.double(), cavs[l].double()).mean()) for l, (p, n) in enumerate(separation)]
+            acc_g = [float(separation_accuracy(p.double(), n.double(), rec[l]).mean()) for l, (p, n) in enumerate(separation)]
+    return TGCAVOutput(tcav_scores, tgcav_scores, rec, glob.detach(), acc_t, acc_g)

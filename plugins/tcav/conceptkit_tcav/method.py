@@ -277,6 +277,8 @@ class TCAV(ck.Method):
                     }
                     result.rows.append(self._row(c.name, site, runs, G, outcome, threshold, config, c.fingerprint, random_side))
                     per_site_cavs[c.name] = runs
+                    if config.tgcav is not None:  # concept vs the random examples its runs used: the fusion's separation check
+                        gcav_inputs.setdefault(c.name, {}).setdefault("separation", []).append((c_rows, pool_rows[torch.from_numpy(np.unique(r_idx))]))
                     if config.tgcav is not None and config.tgcav.align:
                         a, b = np.triu_indices(m, 1)  # random-random CAVs among this concept's random sets: negatives
                         rr = ex.fit_runs(pool_rows[torch.from_numpy(r_idx[a])], pool_rows[torch.from_numpy(r_idx[b])], G, recipe, seed=config.seed + 2)
@@ -316,6 +318,8 @@ class TCAV(ck.Method):
                     outcome = outcome_for(runs, null, None)
                     result.rows.append(self._row(c.name, site, runs, G, outcome, threshold, config, c.fingerprint, random_side))
                     per_site_cavs[c.name] = runs
+                    if config.tgcav is not None:
+                        gcav_inputs.setdefault(c.name, {}).setdefault("separation", []).append((both[:n_c], both[n_c:]))
             for name, runs in per_site_cavs.items():
                 result.cavs[f"{name}|{site}"] = runs.directions.float().tolist()
                 result.cav_accuracies[f"{name}|{site}"] = runs.accuracy.tolist()
@@ -332,12 +336,15 @@ class TCAV(ck.Method):
                     inputs["cavs"], inputs.get("random"), inputs["grads"], dim_align=t.dim_align, do_align=t.align, fuse_mode=t.fuse,
                     embed_dim=t.embed_dim, align_epochs=t.align_epochs, fuse_epochs=t.fuse_epochs, var_weight=t.var_weight,
                     sim_weight=t.sim_weight, tau=t.tau, seed=t.seed, count_negative=recipe.count_negative,
+                    separation=inputs.get("separation"), sep_weight=t.sep_weight,
                 )
                 result.tgcav[name] = {
                     "sites": sites,
                     "tcav": out.tcav_scores.mean(1).tolist(),
                     "tgcav": out.tgcav_scores.mean(1).tolist(),
                     "statistics": out.statistics(),
+                    "accuracy_tcav": out.accuracy_tcav,
+                    "accuracy_tgcav": out.accuracy_tgcav,
                     "settings": t.model_dump(),
                 }
         return result

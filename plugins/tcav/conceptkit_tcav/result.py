@@ -95,9 +95,15 @@ class TCAVResult(ck.Result):
                                                                for r in self.rows if r.random_side and r.tested))
         for name, t in self.tgcav.items():
             lines.append(f"GCAV/TGCAV for {name} (CAVs of all runs scored at every site; TGCAV: one fused global CAV per run, decoded per layer):")
-            lines.append(f"  {'site':<26} {'TCAV':>6} {'TGCAV':>6}")
-            for site, a, b in zip(t["sites"], t["tcav"], t["tgcav"]):
-                lines.append(f"  {site:<26} {a:6.3f} {b:6.3f}")
+            acc_t, acc_g = t.get("accuracy_tcav"), t.get("accuracy_tgcav")
+            if acc_t and acc_g:
+                lines.append(f"  {'site':<26} {'TCAV':>6} {'TGCAV':>6}   concept-vs-random accuracy: layer CAVs / decoded global CAV")
+                for site, a, b, x, y in zip(t["sites"], t["tcav"], t["tgcav"], acc_t, acc_g):
+                    lines.append(f"  {site:<26} {a:6.3f} {b:6.3f}   {x:.3f} / {y:.3f}")
+            else:
+                lines.append(f"  {'site':<26} {'TCAV':>6} {'TGCAV':>6}")
+                for site, a, b in zip(t["sites"], t["tcav"], t["tgcav"]):
+                    lines.append(f"  {site:<26} {a:6.3f} {b:6.3f}")
             for key in ("tcav", "tgcav"):
                 st = t["statistics"][key]
                 lines.append(f"  {key.upper():<6} across layers: mean {st['mean']:.3f}  Std {st['std']:.3f}  CV {st['cv']:.3f}  RR {st['rr']:.3f}")
