@@ -19,6 +19,7 @@ class RocrConfig(ck.MethodConfig):
     nullspace_relative: float | None = pydantic.Field(None, ge=0, lt=1, description="relative threshold (fraction of the largest eigenvalue); the larger of the two applies")
     mode: Literal["unrelated", "reject", "noise"] = pydantic.Field("unrelated", description="value: the harmless concept's hidden state, an optimised refusal, or noise")
     value_context: Literal["bare", "templates"] = pydantic.Field("bare", description="where the current value h is read: the bare '<target>.' prompt (reference) or the chat templates")
+    z_context: Literal["first", "templates"] = pydantic.Field("first", description="unrelated mode: z read in the first context template (reference) or averaged over all of them")
     templates: Literal["auto", "chat", "plain"] = pydantic.Field("auto", description="context templates for keys and z: the chat template when the tokenizer has one")
     stats_corpus: Literal["default", "none"] = pydantic.Field("default", description="preserved text: the core's offline corpus (conceptkit.sae.corpus, train split), or only stats_texts")
     stats_texts: list[str] | None = pydantic.Field(None, description="extra preserved texts (appended)")

@@ -152,6 +152,7 @@ def compute_edit(
     mode: str = "unrelated",
     value_context: str = "bare",
     templates: str = "auto",
+    z_context: str = "first",
     C_prev: dict[int, torch.Tensor] | None = None,
     seed: int = 0,
     reject: dict | None = None,
@@ -167,6 +168,8 @@ def compute_edit(
     z_layer = layers[-1] if z_layer is None else z_layer
     if value_context not in ("bare", "templates"):
         raise InputError(f"value_context must be 'bare' or 'templates', got {value_context!r}")
+    if z_context not in ("first", "templates"):
+        raise InputError(f"z_context must be 'first' or 'templates', got {z_context!r}")
     ctx, kind = context_templates(model.tokenizer, templates)
     value_templates = [SLOT] if value_context == "bare" else ctx
     key_rows = subject_rows(model, ctx, target)
@@ -176,7 +179,7 @@ def compute_edit(
     z = None
     extra_rows: list[list[int]] = []
     if mode == "unrelated":  # z comes from the first forward, batched with the first layer's reads
-        extra_rows = subject_rows(model, ctx[:1], harmless)
+        extra_rows = subject_rows(model, ctx[:1] if z_context == "first" else ctx, harmless)
     else:
         z = target_value(model, harmless, ctx, z_layer, mode, target=target, seed=seed, reject=reject)
     base_hashes = {l: parameter_hash(original_of(model.weights.parameter(ROLE, l))) for l in layers}
@@ -190,7 +193,7 @@ def compute_edit(
             k = acts[key_site(layer)][:n_k].mean(0)
             h = acts[z_site][n_k : n_k + n_v].mean(0)
             if z is None:
-                z = acts[z_site][n_k + n_v]
+                z = acts[z_site][n_k + n_v :].mean(0)
             resid = (z - h) / (len(layers) - i)
             P = None if projectors is None else projectors.get(layer)
             w, R = rocr_update(k, resid, P, None if C_prev is None else C_prev.get(layer), l2)
@@ -208,6 +211,7 @@ def compute_edit(
     info = {
         "templates": ctx,
         "value_context": value_context,
+        "z_context": z_context,
         "mode": mode,
         "z_norm": float(z.norm()),
         "residual_after": float((z - h_final).norm()),

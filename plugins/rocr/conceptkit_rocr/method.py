@@ -35,7 +35,7 @@ class ROCR(ck.ArtifactMethod):
         reject = dict(reject_target=cfg.reject_target, v_lr=cfg.v_lr, v_steps=cfg.v_steps, v_weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor, kl_factor=cfg.kl_factor)
         return compute_edit(
             model, cfg.target, cfg.harmless, layers, {l: s.projector.P for l, s in stats.items()},
-            z_layer=cfg.z_layer, l2=cfg.l2, mode=cfg.mode, value_context=cfg.value_context, templates=cfg.templates,
+            z_layer=cfg.z_layer, l2=cfg.l2, mode=cfg.mode, value_context=cfg.value_context, templates=cfg.templates, z_context=cfg.z_context,
             C_prev=C_prev, seed=cfg.seed, reject=reject, batch_size=cfg.batch_size,
         )
 

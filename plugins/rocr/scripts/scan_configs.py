@@ -4,7 +4,7 @@
         '{"templates":"chat","value":"bare"}' '{"templates":"plain","value":"templates"}' \\
         '{"templates":"plain","value":"bare","layers":[4,5,6,7,8]}'
 
-Each argument is one configuration (templates, value context, layers, thr/rel thresholds, l2);
+Each argument is one configuration (templates, value context, z context, layers, thr/rel thresholds, l2);
 for each, the 10 known entities are edited to "John Smith" and evaluated as in the report
 (all five forms, neighbours, KL on the first 10 unrelated texts; no fluency, no baseline). The
 moments come from ``--moments`` (see diagnose_keys.py).
@@ -47,7 +47,7 @@ def main() -> None:
         for name in KNOWN:
             t = time.perf_counter()
             edit = compute_edit(model, name, "John Smith", layers, P, l2=cfg.get("l2", 1.0), templates=cfg.get("templates", "auto"),
-                                value_context=cfg.get("value", "bare"))
+                                value_context=cfg.get("value", "bare"), z_context=cfg.get("z", "first"))
             times.append(time.perf_counter() - t)
             resid.append((edit.factors[0].residual_norm, edit.info["residual_after"]))
             ev = evaluate(model, name, lambda: edit.apply(model), fluency=False, unrelated=unrelated)

@@ -150,7 +150,8 @@ def test_edit_on_tiny_model_protects_seen_keys_and_redirects():
 
 def test_batched_edit_equals_the_spec_pseudocode():
     """compute_edit (reads batched, one forward per layer, Sherman-Morrison factor) equals the
-    spec's pseudo-code run read by read with the dense solve, on tiny-llama with a projector."""
+    spec's pseudo-code run read by read with the dense solve, on tiny-llama with a projector
+    (value context bare and templates, with C_prev, z from the first template or all of them)."""
     from conceptkit_rocr.edit import read_at_subject, resid_site
     from conceptkit_rocr.stats import second_moments
     from conceptkit_rocr.templates import context_templates
@@ -160,11 +161,12 @@ def test_batched_edit_equals_the_spec_pseudocode():
     moments, _ = second_moments(model, ["the cat sat on the mat", "numbers 1 2 3"], layers)
     P = {l: nullspace_projector(moments[l], threshold=1e-8).P for l in layers}
     C_prev = {l: 0.1 * torch.eye(P[l].shape[0], dtype=torch.float64) for l in layers}
-    for value_context, prev in (("bare", None), ("templates", C_prev)):
-        edit = compute_edit(model, "Rome", "Oslo", layers, P, l2=0.5, value_context=value_context, C_prev=prev)
+    for value_context, prev, z_context in (("bare", None, "first"), ("templates", C_prev, "first"), ("templates", None, "templates")):
+        edit = compute_edit(model, "Rome", "Oslo", layers, P, l2=0.5, value_context=value_context, C_prev=prev, z_context=z_context)
         ctx, _ = context_templates(model.tokenizer)
         vt = ["{}"] if value_context == "bare" else ctx
-        z = torch.stack([read_at_subject(model, [t], "Oslo", resid_site(1))[0] for t in ctx[:1]]).mean(0)
+        zt = ctx[:1] if z_context == "first" else ctx
+        z = torch.stack([read_at_subject(model, [t], "Oslo", resid_site(1))[0] for t in zt]).mean(0)
         handles = []
         try:
             for i, l in enumerate(layers):
