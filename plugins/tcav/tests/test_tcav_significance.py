@@ -24,6 +24,7 @@ def test_null_concepts_false_positive_rate_is_at_most_7_percent():
         significant += sum(r.significant for r in result.rows)
         tested += sum(r.tested for r in result.rows)
         spread += [r.random_side["std"] for r in result.rows]
+    print(f"null concepts: {significant}/{tested} significant at alpha 0.05 (rate {significant / tested:.3f})")
     assert tested == 200
     assert sum(spread) / len(spread) > 0.15  # random sets' scores are widely spread on this net
     assert significant / tested <= 0.07
@@ -44,6 +45,7 @@ def test_planted_concept_is_detected_with_p_below_001(vector_model):
     model, config = planted_model(vector_model, seed=0, null=False, n_random=10)
     result = ck.method("tcav").run(model, dict(config, probe="logistic"))
     row = result.row("planted")
+    print(f"planted: score {row.mean:.3f}, p {row.p_value:.5f}, {row.direction}")
     assert row.mean > 0.9 and row.p_value < 0.01 and row.significant and row.direction == "above"
     assert "above random" in result.summary() and "monte_carlo" in result.summary()
 
