@@ -1,7 +1,7 @@
 """The TCAV experiment on tensors (no model): random-set draws, batched CAV runs, Monte Carlo replays.
 
 The calibrated test replays the *whole* experiment — drawing the sets, fitting the CAVs,
-dropping poor CAVs, scoring — with a pseudo-concept in place of the concept, ``n_null`` times.
+scoring (over all CAVs; the quality gate only decides whether the concept is tested) — with a pseudo-concept in place of the concept, ``n_null`` times.
 Whatever makes runs dependent (they share the concept's examples; random sets may share pool
 examples when drawn with replacement; each probe's split) is reproduced in every replay, so the
 replays are exchangeable with the real experiment under the null hypothesis ("the concept's
@@ -52,10 +52,10 @@ class Runs:
         """The Monte Carlo statistic over all runs (the quality filter gates, it does not select)."""
         return experiment_statistic(kind, self.signs, self.magnitudes, self.cosines)
 
-    def gated(self, min_kept: float) -> bool:
-        """True when more than ``min_kept`` (a fraction) of the CAVs are below the accuracy
+    def gated(self, max_below: float) -> bool:
+        """True when more than ``max_below`` (a fraction) of the CAVs are below the accuracy
         threshold: the experiment is then not tested (the same rule for the concept and replays)."""
-        return self.n_dropped > min_kept * len(self.keep)
+        return self.n_dropped > max_below * len(self.keep)
 
     @property
     def n_dropped(self) -> int:
