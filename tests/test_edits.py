@@ -112,6 +112,18 @@ def test_hash_of_an_edited_parameter_still_matches(llama):
     assert b.base_hash == parameter_hash(llama.hf.get_parameter(PARAM))
 
 
+@pytest.mark.parametrize("backend", ["transformers", "transformer_lens", "nnsight"])
+def test_model_ref_names_the_edited_weights(backend):
+    """model.ref (provenance, cache keys, the Ray workers' weights check) follows edits: read before
+    an edit, it changes while the edit is active and returns to the original once it is removed."""
+    model = ck.load_model("tiny-llama", backend=backend)
+    before = model.ref.weights_hash
+    with model.apply_edit(_three(4)[0]):
+        edited = model.ref.weights_hash
+        assert edited != before and model.ref.weights_hash == edited  # cached while nothing changes
+    assert model.ref.weights_hash == before
+
+
 def test_stored_edit_reapplies_by_id_on_every_backend(llama, ck_store):
     """A set stored as a `weight_edit` record and loaded by id gives the same bits on the
     transformers, nnsight and TransformerLens models of the same checkpoint."""

@@ -249,6 +249,12 @@ def test_models_the_workers_cannot_load_are_refused(pool: RayCapture) -> None:
         next(edited.hf.parameters()).add_(1.0)
     with use_ray(pool=pool), pytest.raises(InputError, match="can only load a model by name"):
         dataset_moments(edited, TEXTS, SITE)
+    read_first = ck.load_model(MODEL, backend=BACKEND)
+    assert read_first.ref.weights_hash  # cached before the edit: edits make it stale, so it is recomputed
+    delta = torch.full_like(read_first.weights.W_out(0), 1e-2)
+    with read_first.apply_edit(ck.WeightEdit.dense(delta, role="out", layer=0)), use_ray(pool=pool), \
+            pytest.raises(InputError, match="can only load a model by name"):
+        dataset_moments(read_first, TEXTS, SITE)
 
 
 def test_dataset_moments_killed_worker_retried_exactly(pool: RayCapture, local_model, chaos_dir: Path) -> None:

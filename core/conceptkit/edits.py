@@ -65,6 +65,22 @@ class _Ledger:
 
 
 _LEDGER_ATTR = "_conceptkit_ledger"
+_generation = 0  # bumped by every edit and every removal: cached model refs (weights hashes) go stale
+
+
+def generation() -> int:
+    """A counter that changes whenever an edit is applied or removed anywhere in this process.
+
+    ``Model.ref`` caches the weights hash; it recomputes it when this counter moved, so a record,
+    a cache key (TCAV's activations, ROCR's statistics) or the Ray workers' weights check made on
+    an edited model names the edited weights, not the original ones. (In-place changes made
+    around the ledger, ``param.data.add_(...)``, are not seen.)"""
+    return _generation
+
+
+def _bump() -> None:
+    global _generation
+    _generation += 1
 
 
 def _checked(new: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
@@ -90,6 +106,7 @@ def edit_op(param: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor], wha
     ledger.active.append((token, op))
     with torch.no_grad():
         param.copy_(new)
+    _bump()
 
     def undo() -> None:
         ledger.active[:] = [(t, f) for t, f in ledger.active if t is not token]
@@ -98,6 +115,7 @@ def edit_op(param: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor], wha
             w = _checked(f(w), param, what)
         with torch.no_grad():
             param.copy_(w)
+        _bump()
         if not ledger.active and getattr(param, _LEDGER_ATTR, None) is ledger:
             delattr(param, _LEDGER_ATTR)
 

@@ -192,7 +192,10 @@ class HFModel(Model):
 
     @property
     def ref(self) -> ModelRef:
-        if self._ref is None:
+        from conceptkit.edits import generation
+
+        if self._ref is None or getattr(self, "_ref_generation", None) != generation():  # edited since: rehash
+            self._ref_generation = generation()
             param = next(self.hf.parameters())
             self._ref = ModelRef(
                 name=self.name,

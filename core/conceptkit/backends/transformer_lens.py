@@ -220,7 +220,10 @@ class TransformerLensModel(Model):
 
     @property
     def ref(self) -> ModelRef:
-        if self._ref is None:
+        from conceptkit.edits import generation
+
+        if self._ref is None or getattr(self, "_ref_generation", None) != generation():  # edited since: rehash
+            self._ref_generation = generation()
             module = self.hf if self.hf is not None else self.tl
             compat = bool(getattr(self.tl, "compatibility_mode", False))
             self._ref = ModelRef(
