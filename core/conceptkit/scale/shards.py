@@ -32,14 +32,18 @@ class Shard:
         return f"shard {self.index} (examples {self.start}..{self.stop - 1})"
 
 
-def shard_ranges(n_examples: int, n_shards: int, batch_size: int) -> list[Shard]:
-    """Split ``n_examples`` into at most ``n_shards`` contiguous shards aligned to ``batch_size``."""
+def _check_sizes(n_examples: int, batch_size: int) -> None:
     if n_examples < 1:
         raise InputError("no inputs: got an empty list of texts")
-    if n_shards < 1:
-        raise InputError(f"the number of shards must be >= 1, got {n_shards}")
     if batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size}")
+
+
+def shard_ranges(n_examples: int, n_shards: int, batch_size: int) -> list[Shard]:
+    """Split ``n_examples`` into at most ``n_shards`` contiguous shards aligned to ``batch_size``."""
+    _check_sizes(n_examples, batch_size)
+    if n_shards < 1:
+        raise InputError(f"the number of shards must be >= 1, got {n_shards}")
     n_batches = -(-n_examples // batch_size)
     n_shards = min(n_shards, n_batches)
     per, extra = divmod(n_batches, n_shards)
@@ -56,10 +60,7 @@ def shard_plan(n_examples: int, shard_size: int, batch_size: int) -> list[Shard]
     """Contiguous shards of ``shard_size`` examples (rounded up to whole batches), the last one
     shorter. The plan depends only on the data and these two sizes, never on how many workers
     run it, so a sharded statistic is the same bits on one process or on any number of workers."""
-    if n_examples < 1:
-        raise InputError("no inputs: got an empty list of texts")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size}")
+    _check_sizes(n_examples, batch_size)
     if shard_size < 1:
         raise InputError(f"shard_size must be an integer >= 1, got {shard_size}")
     size = -(-shard_size // batch_size) * batch_size

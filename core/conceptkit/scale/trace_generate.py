@@ -54,6 +54,8 @@ def _generate_body(nn_model: Any, inputs: dict[str, torch.Tensor], per_step: lis
                     env = nn_model.get(path)
                     val = env.output if io == "output" else env.input
                     x = val[0] if isinstance(val, tuple) else val
+                    # The op dispatch repeats _trace_body's on purpose: a server runs this body without
+                    # conceptkit, so it may call nothing but torch (test_trace_bodies_use_only_torch).
                     for kind, mask, a, b in ops:
                         if kind == "add":
                             new = x + a.to(x.dtype)
