@@ -7,8 +7,9 @@ the model; pools are started before timing, so worker start-up is excluded and r
 N defaults to 400 (issue 18 asks 5,000; set CONCEPTKIT_BENCH_SCALE_N=5000 for that; at ~1 s per
 batch of 16 on this shared 2-core machine 5,000 prompts take minutes per contender).
 Part 2 times ``model.with_executor("trace")`` capture against the same capture written by hand as
-an nnsight trace (both remote=False, neither stops early), and remote="local" for its
-serialisation cost. Each part interleaves its contenders.
+an nnsight trace (both remote=False, both stop the trace after the read), remote="local" for its
+serialisation cost, and steered generation against nnsight's own generate. Each part
+interleaves its contenders.
 """
 
 from __future__ import annotations
