@@ -42,7 +42,11 @@ def _generate_body(nn_model: Any, inputs: dict[str, torch.Tensor], per_step: lis
     order, ``ops`` as in ``_trace_body`` with the step's ``[B, T_chunk]`` mask. Two invokes: the
     first applies the interventions (a loop over the steps, cut short when every row has ended
     early: nnsight warns and keeps going), the second saves the generated ids and the CPU random
-    state after sampling (the next batch continues from it, as the hook executor's generator does)."""
+    state after sampling (the next batch continues from it, as the hook executor's generator does).
+
+    The op dispatch repeats ``_trace_body``'s on purpose: a server runs this body without conceptkit,
+    so it may call nothing but torch (``test_trace_bodies_use_only_torch``). (No full-line comments inside
+    the ``with`` block: nnsight 0.8 re-reads the block's source and fails on them, WithBlockNotFoundError.)"""
     with nn_model.generate(remote=remote, **gen_kwargs) as tracer:
         with tracer.invoke(inputs):
             if seed is not None:
@@ -54,8 +58,6 @@ def _generate_body(nn_model: Any, inputs: dict[str, torch.Tensor], per_step: lis
                     env = nn_model.get(path)
                     val = env.output if io == "output" else env.input
                     x = val[0] if isinstance(val, tuple) else val
-                    # The op dispatch repeats _trace_body's on purpose: a server runs this body without
-                    # conceptkit, so it may call nothing but torch (test_trace_bodies_use_only_torch).
                     for kind, mask, a, b in ops:
                         if kind == "add":
                             new = x + a.to(x.dtype)
