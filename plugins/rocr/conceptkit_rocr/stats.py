@@ -48,14 +48,20 @@ def second_moments(
     inside a ``use_ray`` block): the core's dataset-scale moments, one pass per layer, whose
     ``second_moment`` is the same estimator (equal to the local one within float32 rounding).
     """
-    from conceptkit.api import dataset_moments, ray_requested
+    from contextlib import nullcontext
+
+    from conceptkit.api import dataset_moments, ray_requested, use_ray
 
     sites = {layer: key_site(layer) for layer in layers}
     if ray_requested(ray):
         out, count = {}, 0
-        for layer, site in sites.items():
-            m = dataset_moments(model, texts, site, "all", ray=ray, batch_size=batch_size)
-            out[layer], count = m.second_moment, m.n
+        # One pool for every layer: an explicit ``ray=`` outside a use_ray block opens one block
+        # here (else each layer's call would start and stop its own workers, loading the model again).
+        own = ray is not None and not ray_requested(None)
+        with use_ray(None if ray in (True, "local") else ray) if own else nullcontext():
+            for layer, site in sites.items():
+                m = dataset_moments(model, texts, site, "all", ray=None if own else ray, batch_size=batch_size)
+                out[layer], count = m.second_moment, m.n
         return out, count
     sums: dict[int, torch.Tensor] = {}
     count = 0
