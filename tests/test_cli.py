@@ -82,7 +82,9 @@ def test_plugins_json_lists_plugin_methods_and_hooks(capsys, echo_plugin):
 def test_methods_and_models_listings(capsys, echo_plugin):
     """`methods --json` and `models --json` reflect the registries."""
     _, out, _ = run_cli(capsys, "methods", "--json")
-    assert {"name": "echo", "plugin": "echo-plugin", "requires": [], "description": Echo.description} in json.loads(out)
+    listed = json.loads(out)
+    assert {"name": "echo", "plugin": "echo-plugin", "requires": [], "supports_ray": False, "description": Echo.description} in listed
+    assert {m["name"]: m["supports_ray"] for m in listed if m["name"] in ("erasure", "rocr", "tcav")} == {"erasure": True, "rocr": True, "tcav": False}
     _, out, _ = run_cli(capsys, "models", "--json")
     assert {"smollm2-135m", "minilm-l6", "tiny-llama"} <= {m["name"] for m in json.loads(out)}
 

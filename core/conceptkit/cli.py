@@ -84,13 +84,15 @@ def methods(as_json: bool) -> None:
 
     items = list_methods()
     data = [
-        {"name": n, "plugin": method_plugin(n).name, "requires": sorted(c.value for c in cls.requires), "description": cls.description}
+        {"name": n, "plugin": method_plugin(n).name, "requires": sorted(c.value for c in cls.requires),
+         "supports_ray": bool(getattr(cls, "supports_ray", False)), "description": cls.description}
         for n, cls in items.items()
     ]
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    _table("methods", ["name", "plugin", "requires", "description"], [[d["name"], d["plugin"], ", ".join(d["requires"]), d["description"]] for d in data])
+    _table("methods", ["name", "plugin", "requires", "--ray", "description"],
+           [[d["name"], d["plugin"], ", ".join(d["requires"]), "yes" if d["supports_ray"] else "", d["description"]] for d in data])
 
 
 @cli.command()
