@@ -30,6 +30,7 @@ class RocrConfig(ck.MethodConfig):
     v_weight_decay: float = pydantic.Field(0.5, ge=0)
     clamp_norm_factor: float = pydantic.Field(1.0, gt=0)
     kl_factor: float = pydantic.Field(0.125, ge=0, description="reject/noise modes: weight of KL(p_delta || p_0) on '<target> is a' (reference 0.125)")
+    eval_format: Literal["plain", "chat", "chat_instruct"] = pydantic.Field("plain", description="how the evaluation asks: plain text, or (as the reference) each form as the chat template's user turn followed by 'Answer:'; chat_instruct adds the reference's instruction lines")
     evaluate: bool = pydantic.Field(True, description="evaluate across forms when the target is one of the shipped entities")
     baseline: bool = pydantic.Field(False, description="also run and evaluate the gradient-ascent baseline")
     ga_lr: float = pydantic.Field(2e-5, gt=0, description="gradient-ascent baseline: Adam learning rate")

@@ -85,7 +85,7 @@ class ROCR(ck.ArtifactMethod):
                 entity(config.target)
             except ck.ConceptkitError:
                 return result  # not one of the shipped entities: nothing to evaluate against
-            ev = evaluate(model, config.target, lambda: edit.apply(model), method="rocr", batch_size=config.batch_size)
+            ev = evaluate(model, config.target, lambda: edit.apply(model), method="rocr", batch_size=config.batch_size, eval_format=config.eval_format)
             result.evaluations.append(ev)
             if config.baseline:
                 from conceptkit_rocr.baseline import gradient_ascent
@@ -93,5 +93,5 @@ class ROCR(ck.ArtifactMethod):
                 form = entity(config.target)["forms"]["fill_blank"]
                 ga = gradient_ascent(model, [(form["prompt"], form["answer"])], lr=config.ga_lr, steps=config.ga_steps)
                 result.baseline_info = {"method": "gradient_ascent", "lr": ga.lr, "steps": ga.steps, "training_form": "fill_blank", "nll_per_step": ga.nll_per_step}
-                result.evaluations.append(evaluate(model, config.target, lambda: ga.apply(model), method="gradient_ascent", batch_size=config.batch_size, before=ev._before))
+                result.evaluations.append(evaluate(model, config.target, lambda: ga.apply(model), method="gradient_ascent", batch_size=config.batch_size, before=ev._before, eval_format=config.eval_format))
         return result

@@ -55,7 +55,7 @@ class RocrResult(ck.Result):
             lines.append(f"{r.layer:>5} {r.delta_norm:8.3f} {r.residual_norm:8.3f} {r.key_rank:>4}/{r.width:<4}{r.null_dim:>8} {r.n_tokens:>7} {r.stats_source:>6} {r.stats_seconds:4.1f}s")
         for ev in self.evaluations:
             lines.append("")
-            lines.append(f"[{ev.method}] {ev.entity}: answer probability (length-normalised) and top-1, before -> after")
+            lines.append(f"[{ev.method}] {ev.entity}: answer probability (length-normalised) and top-1, before -> after (asked in {ev.eval_format} format)")
             for r in ev.forms:
                 lines.append(f"  {r.form:<14} {r.prob_before:7.3f} -> {r.prob_after:7.3f}  top1 {int(r.top1_before)} -> {int(r.top1_after)}")
             lines.append(f"  all forms: mean prob {ev.mean_prob('forms', 'before'):.3f} -> {ev.mean_prob('forms', 'after'):.3f} "

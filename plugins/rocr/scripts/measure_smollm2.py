@@ -25,7 +25,7 @@ from pathlib import Path
 import conceptkit as ck
 from conceptkit_rocr.baseline import gradient_ascent
 from conceptkit_rocr.config import RocrConfig
-from conceptkit_rocr.evaluate import FORMS, evaluate, forms_data
+from conceptkit_rocr.evaluate import FORMS, evaluate, format_prompt, forms_data
 from conceptkit_rocr.method import ROCR
 from conceptkit_rocr.result import plot_forms
 from conceptkit_rocr.scoring import score_answers
@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--kl-texts", type=int, default=20, help="unrelated texts for KL")
     ap.add_argument("--templates", default="auto", help="ROCR key contexts: auto (chat when the tokenizer has one), chat or plain")
     ap.add_argument("--value-context", default="bare", help="ROCR value context: bare (reference) or templates")
+    ap.add_argument("--eval-format", default="plain", choices=["plain", "chat", "chat_instruct"],
+                    help="how forms and neighbours are asked: plain text, or the chat template's user turn + 'Answer:' (the reference's evaluation)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,8 @@ def main() -> None:
     if args.limit:
         known = known[: args.limit]
     say(f"{len(known)} known entities: {known}")
-    control_rows = [(e["forms"]["fill_blank"]["prompt"].replace(e["name"], args.harmless), e["forms"]["fill_blank"]["answer"]) for e in ents if e["name"] in known]
+    say(f"(known entities are chosen in plain text whatever --eval-format; evaluation format: {args.eval_format})")
+    control_rows = [(format_prompt(model.tokenizer, e["forms"]["fill_blank"]["prompt"].replace(e["name"], args.harmless), args.eval_format), e["forms"]["fill_blank"]["answer"]) for e in ents if e["name"] in known]
     control = {n: s.prob for n, s in zip(known, score_answers(model, control_rows))}
 
     # 2. statistics once, then one edit per entity
@@ -114,7 +117,7 @@ def main() -> None:
     stats = rocr._stats(model, RocrConfig(target=known[0], **base), layers, store)
     stats_seconds = time.perf_counter() - t0
     say(f"statistics: {stats_seconds:.1f} s; " + "; ".join(f"layer {l}: {s.n_tokens} tokens, rank {s.projector.key_rank}, null dim {s.projector.null_dim}, tau {s.projector.tau:g}, source {s.source}" for l, s in stats.items()))
-    results = {"harmless": args.harmless, "layers": layers, "templates": args.templates, "value_context": args.value_context, "texts_fingerprint": next(iter(stats.values())).texts_fingerprint, "ga_lr": args.ga_lr, "ga_steps": args.ga_steps, "stats_seconds": stats_seconds,
+    results = {"harmless": args.harmless, "layers": layers, "templates": args.templates, "value_context": args.value_context, "eval_format": args.eval_format, "texts_fingerprint": next(iter(stats.values())).texts_fingerprint, "ga_lr": args.ga_lr, "ga_steps": args.ga_steps, "stats_seconds": stats_seconds,
                "stats": {l: dict(n_tokens=s.n_tokens, key_rank=s.projector.key_rank, null_dim=s.projector.null_dim, tau=s.projector.tau) for l, s in stats.items()},
                "known": known, "control_fill_blank_with_harmless": control, "entities": {}}
     evs_rocr, evs_ga = [], []
@@ -125,12 +128,12 @@ def main() -> None:
         edit_s = time.perf_counter() - t
         fl = len(evs_rocr) < args.fluency_entities
         unrelated = forms_data()["unrelated"][: args.kl_texts]
-        ev = evaluate(model, name, lambda: edit.apply(model), method="rocr", max_new_tokens=16, fluency=fl, unrelated=unrelated)
+        ev = evaluate(model, name, lambda: edit.apply(model), method="rocr", max_new_tokens=16, fluency=fl, unrelated=unrelated, eval_format=args.eval_format)
         form = next(e for e in ents if e["name"] == name)["forms"]["fill_blank"]
         t = time.perf_counter()
         ga = gradient_ascent(model, [(form["prompt"], form["answer"])], lr=args.ga_lr, steps=args.ga_steps)
         ga_s = time.perf_counter() - t
-        ev_ga = evaluate(model, name, lambda: ga.apply(model), method="gradient_ascent", max_new_tokens=16, before=ev._before, fluency=fl, unrelated=unrelated)
+        ev_ga = evaluate(model, name, lambda: ga.apply(model), method="gradient_ascent", max_new_tokens=16, before=ev._before, fluency=fl, unrelated=unrelated, eval_format=args.eval_format)
         evs_rocr.append(ev)
         evs_ga.append(ev_ga)
         results["entities"][name] = {"rocr": ev.model_dump(), "gradient_ascent": ev_ga.model_dump(), "edit_seconds": edit_s, "ga_seconds": ga_s,
@@ -168,7 +171,7 @@ def report(out, results, evs_rocr, evs_ga, args, say, final):
     known = list(results["entities"])
     layers, stats_seconds, control = results["layers"], results["stats_seconds"], results["control_fill_blank_with_harmless"]
     lines = [f"# ROCR vs gradient ascent on SmolLM2-135M-Instruct ({len(known)} entities, harmless concept {args.harmless!r}, layers {layers}, "
-             f"key templates {results.get('templates', 'auto')}, value context {results.get('value_context', 'bare')})", "",
+             f"key templates {results.get('templates', 'auto')}, value context {results.get('value_context', 'bare')}, evaluation format {results.get('eval_format', 'plain')})", "",
              f"Statistics (one-time): {stats_seconds:.1f} s. GA: Adam lr {args.ga_lr}, {args.ga_steps} steps on the fill_blank form, every MLP weight.", "",
              "| method | form | mean prob before | after | relative drop | top-1 before | top-1 after |", "|---|---|---|---|---|---|---|"]
     agg = {}
@@ -193,6 +196,13 @@ def report(out, results, evs_rocr, evs_ga, args, say, final):
     lines += ["", f"ROCR edit time per entity (statistics cached): median {sorted(edit_times)[len(edit_times) // 2]:.1f} s, max {max(edit_times):.1f} s.",
               "", "Control: fill_blank answer probability with the name replaced by the harmless concept: "
               + ", ".join(f"{n} {control[n]:.3f}" for n in known)]
+    lines += ["", "Per entity (ROCR | gradient ascent): drop over all forms, training form, paraphrases; neighbours kept; ROCR edit seconds; ‖z−h‖ before → after",
+              "", "| entity | ROCR all | train | para | kept | GA all | train | para | kept | edit s | ‖z−h‖ |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for er, eg in zip(evs_rocr, evs_ga):
+        row = results["entities"].get(er.entity, {})
+        cells = [f"{x:.0%}" if x == x else "–" for e in (er, eg) for x in (e.relative_drop(), e.relative_drop(["fill_blank"]), e.relative_drop(["paraphrase_1", "paraphrase_2"]), e.neighbour_kept())]
+        resid = row.get("residual_norms", [float("nan")])[0], row.get("residual_after", float("nan"))
+        lines.append(f"| {er.entity} | " + " | ".join(cells) + f" | {row.get('edit_seconds', float('nan')):.1f} | {resid[0]:.0f} → {resid[1]:.0f} |")
     results["aggregate"] = agg
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "report.md").write_text("\n".join(lines) + "\n")

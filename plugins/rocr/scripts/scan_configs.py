@@ -7,7 +7,9 @@
 Each argument is one configuration (templates, value context, z context, layers, thr/rel thresholds, l2);
 for each, the 10 known entities are edited to "John Smith" and evaluated as in the report
 (all five forms, neighbours, KL on the first 10 unrelated texts; no fluency, no baseline). The
-moments come from ``--moments`` (see diagnose_keys.py).
+moments come from ``--moments`` (see diagnose_keys.py), or the projectors from the plugin's cached
+statistics with ``--store`` (layers [4, 5, 6] only unless the store has others); ``--eval-format``
+chooses plain or chat evaluation.
 """
 
 from __future__ import annotations
@@ -32,16 +34,31 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("configs", nargs="+")
     ap.add_argument("--moments", default="rocr-moments.pt")
+    ap.add_argument("--store", default=None, help="take the projectors from the plugin's cached statistics in this store (as measure_smollm2.py) instead of --moments")
+    ap.add_argument("--eval-format", default="plain", choices=["plain", "chat", "chat_instruct"], help="how the evaluation asks (see conceptkit_rocr.evaluate)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model = ck.load_model("smollm2-135m", backend="transformers")
-    from diagnose_keys import moments  # same folder
+    if args.store:
+        from conceptkit_rocr.config import RocrConfig
+        from conceptkit_rocr.method import ROCR
 
-    M = moments(model, Path(args.moments), [3, 4, 5, 6, 7, 8])
+        store = ck.open_store(args.store)
+
+        def projectors(layers, thr, rel):
+            cfg = RocrConfig(target=KNOWN[0], harmless="John Smith", layers=layers, nullspace_threshold=thr, nullspace_relative=rel)
+            return {l: st.projector.P for l, st in ROCR()._stats(model, cfg, layers, store).items()}
+    else:
+        from diagnose_keys import moments  # same folder
+
+        M = moments(model, Path(args.moments), [3, 4, 5, 6, 7, 8])
+
+        def projectors(layers, thr, rel):
+            return {l: nullspace_projector(M[l], thr, rel).P for l in layers}
     unrelated = forms_data()["unrelated"][:10]
     for cfg in map(json.loads, args.configs):
         layers = cfg.get("layers", [4, 5, 6])
-        P = {l: nullspace_projector(M[l], cfg.get("thr", 2e-2), cfg.get("rel")).P for l in layers}
+        P = projectors(layers, cfg.get("thr", 2e-2), cfg.get("rel"))
         agg = {f: [0.0, 0.0] for f in ["fill_blank", "qa", "mcq", "paraphrase_1", "paraphrase_2", "neigh"]}
         kls, times, resid, per = [], [], [], {}
         for name in KNOWN:
@@ -50,7 +67,7 @@ def main() -> None:
                                 value_context=cfg.get("value", "bare"), z_context=cfg.get("z", "first"))
             times.append(time.perf_counter() - t)
             resid.append((edit.factors[0].residual_norm, edit.info["residual_after"]))
-            ev = evaluate(model, name, lambda: edit.apply(model), fluency=False, unrelated=unrelated)
+            ev = evaluate(model, name, lambda: edit.apply(model), fluency=False, unrelated=unrelated, eval_format=args.eval_format)
             for r in ev.forms:
                 agg[r.form][0] += r.prob_before
                 agg[r.form][1] += r.prob_after
@@ -62,7 +79,7 @@ def main() -> None:
             print(name, per[name], round(times[-1], 1), flush=True)
         allb = sum(v[0] for f, v in agg.items() if f != "neigh")
         alla = sum(v[1] for f, v in agg.items() if f != "neigh")
-        print(json.dumps(cfg), f"ALL drop {1 - alla / allb:.0%}", " ".join(f"{f}:{1 - a / b:.0%}" for f, (b, a) in agg.items() if f != "neigh"),
+        print(json.dumps(cfg), f"eval {args.eval_format}", f"ALL drop {1 - alla / allb:.0%}", " ".join(f"{f}:{1 - a / b:.0%}" for f, (b, a) in agg.items() if f != "neigh"),
               f"neigh kept {agg['neigh'][1] / agg['neigh'][0]:.0%} KL {sum(kls) / len(kls):.4f} max {max(kls):.4f} edit s med {sorted(times)[len(times) // 2]:.1f}",
               "resid", [f"{a:.0f}->{b:.0f}" for a, b in resid], per, flush=True)
 
