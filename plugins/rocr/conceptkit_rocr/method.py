@@ -32,7 +32,7 @@ class ROCR(ck.ArtifactMethod):
     def _edit(self, model: ck.Model, cfg: RocrConfig, stats: dict, layers: list[int], C_prev: dict | None = None) -> "RocrEdit":
         from conceptkit_rocr.edit import compute_edit
 
-        reject = dict(reject_target=cfg.reject_target, v_lr=cfg.v_lr, v_steps=cfg.v_steps, v_weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor, kl_factor=cfg.kl_factor)
+        reject = dict(reject_target=cfg.reject_target, v_lr=cfg.v_lr, v_steps=cfg.v_steps, v_weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor, kl_factor=cfg.kl_factor, stop_loss=cfg.v_stop_loss)
         return compute_edit(
             model, cfg.target, cfg.harmless, layers, {l: s.projector.P for l, s in stats.items()},
             z_layer=cfg.z_layer, l2=cfg.l2, mode=cfg.mode, value_context=cfg.value_context, templates=cfg.templates, z_context=cfg.z_context,

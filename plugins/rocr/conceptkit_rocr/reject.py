@@ -5,9 +5,11 @@ Adam on ``δ`` with the reference's loss: the refusal's NLL averaged over the te
 ``kl_factor · KL(p_δ ‖ p_0)`` of the next-token distribution at the subject's last token of
 ``"<subject> is a"`` (which keeps the subject's other predictions; ``δ`` is added there too), plus
 the weight decay ``wd ‖δ‖ / ‖h‖²``; then the norm clamp ``‖δ‖ ≤ clamp_norm_factor ‖h‖``. As in the
-reference the last of ``v_steps`` iterations stops before its update (``v_steps - 1`` updates);
-its early stop at a total loss below 0.05 is not reproduced (``model.grad`` returns gradients,
-not the loss). Gradients come from ``model.grad`` with ``δ`` added as an intervention at that token.
+reference the last of ``v_steps`` iterations stops before its update (``v_steps - 1`` updates at
+most), and an iteration whose total loss (computed for the current ``δ``, before its update) is
+below ``stop_loss`` (reference 0.05) ends the optimisation there. Gradients come from
+``model.grad`` with ``δ`` added as an intervention at that token; the loss terms are the
+objectives' values recorded during those same forward passes (no extra pass).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def reject_value(
     v_weight_decay: float = 0.5,
     clamp_norm_factor: float = 1.0,
     kl_factor: float = 0.125,
+    stop_loss: float | None = 5e-2,
+    trace: list[dict[str, float]] | None = None,
 ) -> torch.Tensor:
+    """The optimised value ``z = h + δ``; ``trace`` (a list) receives each iteration's loss terms
+    (``nll``, ``kl``, ``wd``, ``loss``) as computed before that iteration's update."""
     tok = model.tokenizer
     site = f"blocks.{z_layer}.hook_resid_post"
     answer = list(tok(reject_target, add_special_tokens=False)["input_ids"])
@@ -45,9 +51,18 @@ def reject_value(
         prompts.append((ids, idx))
     n_ans = len(answer)
 
+    last: dict[str, torch.Tensor] = {}  # the objectives' latest values, recorded as the gradients are taken
+
     def objective(out: torch.Tensor, batch: Any) -> torch.Tensor:
         logp = torch.log_softmax(out[:, -n_ans - 1 : -1].float(), -1)
-        return logp.gather(-1, torch.tensor(answer, device=out.device).reshape(1, -1, 1)).squeeze(-1).mean(-1)
+        value = logp.gather(-1, torch.tensor(answer, device=out.device).reshape(1, -1, 1)).squeeze(-1).mean(-1)
+        last["nll"] = value.detach().double().cpu()
+        return value
+
+    def recorded(key: str) -> torch.Tensor:
+        if key not in last:  # objectives given as callables always run in this process
+            raise RuntimeError(f"the {key} objective's value was not recorded by model.grad")
+        return last.pop(key)
 
     from conceptkit_rocr.edit import read_at_subject
 
@@ -60,24 +75,37 @@ def reject_value(
 
     def kl_objective(out: torch.Tensor, batch: Any) -> torch.Tensor:
         lp = torch.log_softmax(out[:, kl_idx].double(), -1)  # [1, V]
-        return (lp.exp() * (lp - kl_init.to(lp.device))).sum(-1).float()  # KL(p_delta || p_0), as kl_div(init, cur, log_target)
+        value = (lp.exp() * (lp - kl_init.to(lp.device))).sum(-1).float()  # KL(p_delta || p_0), as kl_div(init, cur, log_target)
+        last["kl"] = value.detach().double().cpu()
+        return value
 
     delta = torch.zeros(model.d_model, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=v_lr)
     for it in range(v_steps):
-        if it == v_steps - 1:
+        if it == v_steps - 1 and stop_loss is None and trace is None:
             break  # the reference computes the last iteration's loss and stops before updating
         grad = torch.zeros(model.d_model)
+        nlls = []
         for ids, idx in prompts:
             batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
             add = Add(site=site, vector=delta.detach().clone(), positions=[idx])
             g = model.grad(batch, site, objective, reduce=[idx], interventions=[add])
             grad -= g[0, 0] / len(prompts)  # minimise the negative log-likelihood
+            nlls.append(-recorded("nll"))
         if kl_factor:
             add = Add(site=site, vector=delta.detach().clone(), positions=[kl_idx])
             grad += kl_factor * model.grad(kl_batch, site, kl_objective, reduce=[kl_idx], interventions=[add])[0, 0]
-        opt.zero_grad()
+            kl = float(recorded("kl").sum())
         norm = delta.detach().norm()
+        terms = dict(nll=float(torch.cat(nlls).mean()), kl=kl_factor * kl if kl_factor else 0.0, wd=float(v_weight_decay * norm / init.norm() ** 2))
+        terms["loss"] = terms["nll"] + terms["kl"] + terms["wd"]
+        if trace is not None:
+            trace.append(terms)
+        if stop_loss is not None and terms["loss"] < stop_loss:
+            break  # the reference's early stop: the loss of the current delta is small enough
+        if it == v_steps - 1:
+            break  # the last iteration's loss is computed, then the reference stops before updating
+        opt.zero_grad()
         wd = v_weight_decay * delta.detach() / (norm.clamp_min(1e-12) * init.norm() ** 2) if norm > 0 else torch.zeros_like(grad)
         delta.grad = grad + wd.float()
         opt.step()

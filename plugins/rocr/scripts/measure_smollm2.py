@@ -50,7 +50,7 @@ def pooled(evs, which, when, forms=None, right_before=False):
 
 def drop(evs, forms=None, right_before=False):
     b = pooled(evs, "forms", "before", forms, right_before)
-    return 1 - pooled(evs, "forms", "after", forms, right_before) / b
+    return 1 - pooled(evs, "forms", "after", forms, right_before) / b if b > 0 else float("nan")
 
 
 def main() -> None:
@@ -180,8 +180,8 @@ def report(out, results, evs_rocr, evs_ga, args, say, final):
             fs = FORMS if f in ("all forms", "right before (top-1)") else ["paraphrase_1", "paraphrase_2"] if f == "paraphrases" else [f]
             rb = f == "right before (top-1)"
             rows_ = rows_of(evs, "forms", fs, rb)
-            t1b = sum(r.top1_before for r in rows_) / len(rows_)
-            t1a = sum(r.top1_after for r in rows_) / len(rows_)
+            t1b = sum(r.top1_before for r in rows_) / len(rows_) if rows_ else float("nan")  # no item right before: nothing to restrict to
+            t1a = sum(r.top1_after for r in rows_) / len(rows_) if rows_ else float("nan")
             name = f"{f}, n={len(rows_)}" if rb else f
             lines.append(f"| {label} | {name} | {pooled(evs, 'forms', 'before', fs, rb):.3f} | {pooled(evs, 'forms', 'after', fs, rb):.3f} | {drop(evs, fs, rb):.0%} | {t1b:.2f} | {t1a:.2f} |")
         nb, na = pooled(evs, "neighbours", "before"), pooled(evs, "neighbours", "after")
