@@ -17,8 +17,9 @@ on Linux). One safetensors file per (model, kind, site, reduction, objective); n
 Clear it with ``conceptkit tcav-cache clear`` or :func:`clear`; ``conceptkit tcav-cache info``
 shows its size. Turn it off per run with ``cache: false``.
 
-Caveat: the weights hash is computed when the model is first asked for its ``ref``; a weight
-edit applied after that is not seen by the key. Run with ``cache: false`` while edits are active.
+A weight edit changes the key: ``model.ref`` rehashes the weights whenever an edit was applied
+or removed since it last hashed them, so a run under an edit is a cache miss, and removing the edit
+serves the unedited entries again (tested).
 """
 
 from __future__ import annotations

@@ -83,6 +83,33 @@ def test_second_run_reads_everything_from_the_cache(tiny, monkeypatch, tmp_path)
     assert cache.clear() == 2 and cache.info()["files"] == 0
 
 
+def test_a_weight_edit_is_a_cache_miss(tiny, monkeypatch, tmp_path):
+    """The key holds the model's weights hash, recomputed after an edit: a run under an edit
+    recomputes its activations and gradients (and matches a cache-free run), and after the edit
+    is removed the first entries serve again."""
+    monkeypatch.setattr(cache, "cache_root", lambda: tmp_path / "tcav")
+    first = ck.method("tcav").run(tiny, _config())
+    layer = round(0.6 * tiny.n_layers) - 1  # the block before the read site
+    g = torch.Generator().manual_seed(0)
+    edit = ck.WeightEdit.low_rank(torch.randn(tiny.weights.W_out(layer).shape[0], generator=g) * 0.5,
+                                  torch.randn(tiny.weights.W_out(layer).shape[1], generator=g), role="out", layer=layer)
+    with tiny.apply_edit(edit):
+        edited = ck.method("tcav").run(tiny, _config())
+        assert cache.info()["files"] == 4  # a second set of entries under the edited weights' hash
+        uncached = ck.method("tcav").run(tiny, _config(cache=False))
+    site = default_site(tiny)
+    assert not torch.allclose(torch.tensor(edited.cavs[f"pos|{site}"]), torch.tensor(first.cavs[f"pos|{site}"]))
+    assert torch.allclose(torch.tensor(edited.cavs[f"pos|{site}"]), torch.tensor(uncached.cavs[f"pos|{site}"]), atol=1e-5)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was called although the unedited entries are cached")
+
+    monkeypatch.setattr(tiny, "capture", refuse)
+    monkeypatch.setattr(tiny, "grad", refuse)
+    again = ck.method("tcav").run(tiny, _config())
+    assert again.cavs == first.cavs
+
+
 def test_cache_command_reports_and_clears(monkeypatch, tmp_path):
     """`conceptkit tcav-cache info|clear` show the location and empty it."""
     from click.testing import CliRunner
