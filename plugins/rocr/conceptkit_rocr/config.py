@@ -31,7 +31,7 @@ class RocrConfig(ck.MethodConfig):
     clamp_norm_factor: float = pydantic.Field(1.0, gt=0)
     v_stop_loss: float | None = pydantic.Field(5e-2, ge=0, description="reject/noise modes: stop optimising the value once its total loss is below this (reference 0.05; None: always v_steps - 1 updates)")
     kl_factor: float = pydantic.Field(0.125, ge=0, description="reject/noise modes: weight of KL(p_delta || p_0) on '<target> is a' (reference 0.125)")
-    eval_format: Literal["plain", "chat", "chat_instruct"] = pydantic.Field("plain", description="how the evaluation asks: plain text, or (as the reference) each form as the chat template's user turn followed by 'Answer:'; chat_instruct adds the reference's instruction lines")
+    eval_format: Literal["plain", "chat", "chat_instruct", "chat_restate"] = pydantic.Field("plain", description="how the evaluation asks: plain text, or (as the reference) each form as the chat template's user turn followed by 'Answer:'; chat_instruct adds the reference's instruction lines; chat_restate (not the reference's) restates a completion form after 'Answer:'")
     evaluate: bool = pydantic.Field(True, description="evaluate across forms when the target is one of the shipped entities")
     baseline: bool = pydantic.Field(False, description="also run and evaluate the gradient-ascent baseline")
     ga_lr: float = pydantic.Field(2e-5, gt=0, description="gradient-ascent baseline: Adam learning rate")

@@ -14,6 +14,12 @@ text is the user turn of the model's chat template (``add_generation_prompt=True
 ``chat_instruct`` also puts the reference's instruction lines in the user turn ("Please complete
 the blank in the following question.\nQuestion: {}\n" for the completion forms, "Please briefly
 answer ..." for qa, "Please answer the following multiple choice question. ..." for mcq).
+``chat_restate`` is not the reference's: asked as in ``chat``, a completion form (one without its
+own answer cue: fill_blank, the paraphrases, the neighbours) is restated after ``"Answer:"`` and
+the answer scored after the restatement, which is what the unedited SmolLM2-135M-Instruct itself
+generates when asked in the chat format (it restates the sentence rather than answer with one
+word, so in ``chat`` the completion forms carry almost no probability before any edit); qa and mcq
+are asked as in ``chat``.
 Neighbours are asked in the same format. Fluency prompts in a chat format are the user turn with
 the generation prompt and no cue (the reference's ``eval_fluency``); the entropy is taken over the
 raw fluency prompt plus the generation, as in plain. KL on unrelated text always runs on the plain
@@ -37,8 +43,8 @@ from conceptkit_rocr.scoring import kl_per_token, score_answers
 
 FORMS = ["fill_blank", "qa", "mcq", "paraphrase_1", "paraphrase_2"]
 EditFactory = Callable[[], AbstractContextManager]
-EvalFormat = Literal["plain", "chat", "chat_instruct"]
-EVAL_FORMATS = ("plain", "chat", "chat_instruct")
+EvalFormat = Literal["plain", "chat", "chat_instruct", "chat_restate"]
+EVAL_FORMATS = ("plain", "chat", "chat_instruct", "chat_restate")
 ANSWER_CUE = "Answer:"  # appended after the chat template, as in the reference's evaluation
 # the reference's instruction lines (eval_forget_prob): level 1 (fill-in-the-blank), level 2 (QA), MCP
 INSTRUCTIONS = {
@@ -68,12 +74,15 @@ def format_prompt(tokenizer: Any, prompt: str, eval_format: str = "plain", form:
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(f"eval_format={eval_format!r} needs a tokenizer with a chat template; use 'plain'")
     content = _strip_cue(prompt) if cue else prompt
+    restate = eval_format == "chat_restate" and cue and content == prompt.rstrip()  # a completion form (no cue of its own)
     if eval_format == "chat_instruct":
         kind = form if form in ("qa", "mcq") else "complete"
         if kind != "complete" and content.startswith("Question: "):
             content = content[len("Question: ") :]
         content = INSTRUCTIONS[kind].format(content)
     text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    if restate:
+        return text + ANSWER_CUE + " " + prompt
     return text + ANSWER_CUE if cue else text
 
 

@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--kl-texts", type=int, default=20, help="unrelated texts for KL")
     ap.add_argument("--templates", default="auto", help="ROCR key contexts: auto (chat when the tokenizer has one), chat or plain")
     ap.add_argument("--value-context", default="bare", help="ROCR value context: bare (reference) or templates")
-    ap.add_argument("--eval-format", default="plain", choices=["plain", "chat", "chat_instruct"],
+    ap.add_argument("--eval-format", default="plain", choices=["plain", "chat", "chat_instruct", "chat_restate"],
                     help="how forms and neighbours are asked: plain text, or the chat template's user turn + 'Answer:' (the reference's evaluation)")
     args = ap.parse_args()
     out = Path(args.out)

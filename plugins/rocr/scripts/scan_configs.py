@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("configs", nargs="+")
     ap.add_argument("--moments", default="rocr-moments.pt")
     ap.add_argument("--store", default=None, help="take the projectors from the plugin's cached statistics in this store (as measure_smollm2.py) instead of --moments")
-    ap.add_argument("--eval-format", default="plain", choices=["plain", "chat", "chat_instruct"], help="how the evaluation asks (see conceptkit_rocr.evaluate)")
+    ap.add_argument("--eval-format", default="plain", choices=["plain", "chat", "chat_instruct", "chat_restate"], help="how the evaluation asks (see conceptkit_rocr.evaluate)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model = ck.load_model("smollm2-135m", backend="transformers")

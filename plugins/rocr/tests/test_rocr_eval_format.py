@@ -48,6 +48,9 @@ def test_format_prompt_wraps_as_the_reference(model):
     assert format_prompt(tok, mcq, "chat_instruct", "mcq") == (
         "<u>Please answer the following multiple choice question. Just provide the letter of the correct answer.\n"
         f"{m}\n<a>Answer:")
+    assert format_prompt(tok, fb, "chat_restate", "fill_blank") == f"<u>{fb}<a>Answer: {fb}"  # not the reference's
+    assert format_prompt(tok, qa, "chat_restate", "qa") == format_prompt(tok, qa, "chat", "qa")
+    assert format_prompt(tok, fb, "chat_restate", cue=False) == f"<u>{fb}<a>"
     with pytest.raises(InputError, match="eval_format"):
         format_prompt(tok, fb, "chatty")
     tok.chat_template = None
